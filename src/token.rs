@@ -1,0 +1,1 @@
+//! JWT parsing and local checks (being written).
