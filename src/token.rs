@@ -1,1 +1,960 @@
-//! JWT parsing and local checks (being written).
+//! Service-account JWT parsing and the API server's local rules.
+//!
+//! Responsible for: reading a bearer token the way the API server's JOSE library reads it
+//! (strict: duplicate keys, wrong types, unsupported algorithms and `crit` headers make a
+//! token invalid), classifying it (a service-account JWT of a known issuer, legacy or
+//! projected, or something else), and the checks the API server makes before it looks
+//! anything up: issuer, `exp`/`nbf`/`iat` with its 60 s leeway, audience intersection.
+//!
+//! Not responsible for: signatures, policy (legacy tokens, configured audiences), I/O.
+//! Everything here is pure; the clock is a parameter. Local checks only ever *reject*:
+//! an accepted token is still sent to the API server.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+/// The issuer the API server puts in legacy (Secret-based) service-account tokens.
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
+
+/// The clock skew the API server allows on `exp`, `nbf` and `iat` (go-jose's `DefaultLeeway`).
+pub const LEEWAY_SECONDS: i64 = 60;
+
+/// The longest token this gate reads. Service-account tokens are about 1 KiB; anything
+/// much larger is not one, and reading it costs memory for nothing.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Algorithms the API server signs service-account tokens with.
+pub const ALLOWED_ALGORITHMS: [&str; 6] = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512"];
+
+/// Time values beyond this many seconds from the epoch are refused: Go's float-to-int64
+/// conversion makes them garbage at the API server, and they would overflow ours.
+const MAX_TIME_SECONDS: f64 = (1u64 << 53) as f64;
+
+/// Go's `base64.RawURLEncoding`: no padding, trailing bits ignored.
+const RAW_URL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// What a bearer token is, as far as the service-account authenticator is concerned.
+#[derive(Debug)]
+pub enum Classified {
+    /// A service-account JWT of a known issuer, parsed strictly.
+    ServiceAccount(Box<ServiceAccountToken>),
+    /// Not a service-account JWT of a known issuer (another issuer, not a JWT, a bootstrap
+    /// or static token). Only the API server's other authenticators can know it. The
+    /// string says why it was not taken for a service-account token.
+    Foreign(String),
+}
+
+/// Which kind of service-account token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A projected (TokenRequest) token: audience- and time-bound.
+    Projected,
+    /// A legacy token stored in a Secret: no `exp`, no `aud`.
+    Legacy,
+}
+
+/// The JOSE header fields that matter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// `alg`, one of [`ALLOWED_ALGORITHMS`].
+    pub alg: String,
+    /// `kid`, when present.
+    pub kid: Option<String>,
+}
+
+/// A reference to a Kubernetes object in the token's claims.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectRef {
+    /// The object's name.
+    pub name: String,
+    /// The object's UID (empty for a legacy token's Secret, which names no UID).
+    pub uid: String,
+}
+
+/// The claims of a service-account token, normalised across the projected and legacy layouts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Claims {
+    /// `iss`.
+    pub issuer: String,
+    /// `sub`, when present.
+    pub subject: Option<String>,
+    /// `aud` (a string or an array in the token; empty when absent).
+    pub audiences: Vec<String>,
+    /// `exp`, Unix seconds.
+    pub expires_at: Option<i64>,
+    /// `nbf`, Unix seconds.
+    pub not_before: Option<i64>,
+    /// `iat`, Unix seconds.
+    pub issued_at: Option<i64>,
+    /// `jti`.
+    pub jti: Option<String>,
+    /// The service account's namespace.
+    pub namespace: String,
+    /// The service account.
+    pub service_account: ObjectRef,
+    /// The pod the token is bound to.
+    pub pod: Option<ObjectRef>,
+    /// The Secret a legacy token is stored in, or a Secret a projected token is bound to.
+    pub secret: Option<ObjectRef>,
+}
+
+/// A strictly parsed service-account token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountToken {
+    /// The JOSE header.
+    pub header: Header,
+    /// The claims.
+    pub claims: Claims,
+    /// Projected or legacy.
+    pub kind: Kind,
+}
+
+impl ServiceAccountToken {
+    /// The username the API server gives this token's subject: `system:serviceaccount:NS:NAME`.
+    pub fn username(&self) -> String {
+        service_account_username(&self.claims.namespace, &self.claims.service_account.name)
+    }
+}
+
+/// `system:serviceaccount:NS:NAME`, the API server's username for a service account.
+pub fn service_account_username(namespace: &str, name: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{name}")
+}
+
+/// Why a token was rejected without asking the API server. `Display` gives the reason a
+/// person can act on, in the API server's wording where it has one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The token is longer than [`MAX_TOKEN_BYTES`].
+    #[error("token is {len} bytes, more than the {max} bytes a service-account token can be")]
+    TooLarge {
+        /// The token's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The token names a known issuer but is not a well-formed service-account JWT.
+    #[error("malformed service account token: {0}")]
+    Malformed(String),
+    /// `exp` plus the leeway lies in the past.
+    #[error("service account token has expired: it expired at {} ({} ago)", rfc3339(*.expires_at), ago(*.now, *.expires_at))]
+    Expired {
+        /// `exp`.
+        expires_at: i64,
+        /// The time of the check.
+        now: i64,
+    },
+    /// `nbf` lies further in the future than the leeway.
+    #[error("service account token is not valid yet: it is valid from {} (in {})", rfc3339(*.not_before), ago(*.not_before, *.now))]
+    NotYetValid {
+        /// `nbf`.
+        not_before: i64,
+        /// The time of the check.
+        now: i64,
+    },
+    /// `iat` lies further in the future than the leeway.
+    #[error("service account token is issued in the future: issued at {} ({} from now)", rfc3339(*.issued_at), ago(*.issued_at, *.now))]
+    IssuedInTheFuture {
+        /// `iat`.
+        issued_at: i64,
+        /// The time of the check.
+        now: i64,
+    },
+    /// No audience of the token is among the requested ones (the API server's wording).
+    #[error("token audiences {} is invalid for the target audiences {}", go_quote(.token), go_quote(.requested))]
+    Audience {
+        /// The token's audiences.
+        token: Vec<String>,
+        /// The requested audiences.
+        requested: Vec<String>,
+    },
+    /// `sub` names another user than the `kubernetes.io` claims.
+    #[error(
+        "service account token subject {subject:?} does not match its service account claims ({expected:?})"
+    )]
+    SubjectMismatch {
+        /// `sub`.
+        subject: String,
+        /// What the `kubernetes.io` claims name.
+        expected: String,
+    },
+    /// A legacy token, and the policy does not accept them.
+    #[error(
+        "legacy service account token for {username} is not accepted: it never expires and is not bound to an audience; \
+         use a projected token (TokenRequest or a serviceAccountToken volume), or set policy.allow_legacy_tokens = true"
+    )]
+    LegacyNotAllowed {
+        /// The token's service account.
+        username: String,
+    },
+    /// Not a service-account token, and the requested audiences are not the API server's own:
+    /// the API server could not authenticate it for them either.
+    #[error(
+        "{why}; such a token can only be valid for the API server's own audiences {}, not for {}",
+        go_quote(.api_audiences), go_quote(.requested)
+    )]
+    ForeignAudience {
+        /// Why it is not a service-account token.
+        why: String,
+        /// The API server's audiences.
+        api_audiences: Vec<String>,
+        /// The requested audiences.
+        requested: Vec<String>,
+    },
+}
+
+/// Classifies and strictly parses a bearer token.
+///
+/// `issuers` are the service-account issuers the API server accepts (empty = any);
+/// [`LEGACY_ISSUER`] is always recognised. A token that claims one of them but breaks the
+/// JOSE rules is rejected; a token that claims none is [`Classified::Foreign`].
+pub fn classify(raw: &str, issuers: &[String]) -> Result<Classified, Rejection> {
+    if raw.len() > MAX_TOKEN_BYTES {
+        return Err(Rejection::TooLarge {
+            len: raw.len(),
+            max: MAX_TOKEN_BYTES,
+        });
+    }
+    let mut parts = raw.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        let segments = raw.split('.').count();
+        return Ok(Classified::Foreign(format!(
+            "token is not a JWT (it has {segments} dot-separated segment{}, a JWT has 3)",
+            if segments == 1 { "" } else { "s" }
+        )));
+    };
+
+    // The API server first sniffs `iss` from the unverified payload; only tokens of its
+    // issuers go on to the strict parser.
+    let Ok(payload) = RAW_URL.decode(payload) else {
+        return Ok(Classified::Foreign("token payload is not base64url".into()));
+    };
+    let issuer = match sniff_issuer(&payload) {
+        Some(iss) if iss == LEGACY_ISSUER || issuers.is_empty() || issuers.contains(&iss) => iss,
+        Some(iss) => {
+            return Ok(Classified::Foreign(format!(
+                "token issuer {iss:?} is not a service-account issuer of this cluster"
+            )));
+        }
+        None => {
+            return Ok(Classified::Foreign(
+                "token payload has no string \"iss\" claim".into(),
+            ));
+        }
+    };
+
+    let header = parse_header(header).map_err(Rejection::Malformed)?;
+    if signature.is_empty() || RAW_URL.decode(signature).is_err() {
+        return Err(Rejection::Malformed("signature is not base64url".into()));
+    }
+    let claims =
+        strict_object(&payload).map_err(|e| Rejection::Malformed(format!("claims: {e}")))?;
+    let kind = if issuer == LEGACY_ISSUER {
+        Kind::Legacy
+    } else {
+        Kind::Projected
+    };
+    let claims = parse_claims(&claims, issuer, kind).map_err(Rejection::Malformed)?;
+    let token = ServiceAccountToken {
+        header,
+        claims,
+        kind,
+    };
+    if let Some(subject) = &token.claims.subject {
+        let expected = token.username();
+        if *subject != expected {
+            return Err(Rejection::SubjectMismatch {
+                subject: subject.clone(),
+                expected,
+            });
+        }
+    }
+    Ok(Classified::ServiceAccount(Box::new(token)))
+}
+
+/// The API server's checks of a parsed token against the requested audiences at `now`:
+/// `exp`, `nbf`, `iat` with [`LEEWAY_SECONDS`], then the audience intersection. A token
+/// without audiences (legacy) stands for `api_audiences`. Returns the audiences the token
+/// is valid for among the requested ones.
+pub fn check(
+    token: &ServiceAccountToken,
+    requested: &[String],
+    api_audiences: &[String],
+    now: SystemTime,
+) -> Result<Vec<String>, Rejection> {
+    let now = unix_seconds(now);
+    let claims = &token.claims;
+    // Go: `now.Add(leeway).Before(nbf)`, `now.Add(-leeway).After(exp)`; times are whole seconds.
+    if let Some(not_before) = claims.not_before
+        && now.saturating_add(LEEWAY_SECONDS) < not_before
+    {
+        return Err(Rejection::NotYetValid { not_before, now });
+    }
+    if let Some(expires_at) = claims.expires_at
+        && now.saturating_sub(LEEWAY_SECONDS) > expires_at
+    {
+        return Err(Rejection::Expired { expires_at, now });
+    }
+    if let Some(issued_at) = claims.issued_at
+        && now.saturating_add(LEEWAY_SECONDS) < issued_at
+    {
+        return Err(Rejection::IssuedInTheFuture { issued_at, now });
+    }
+    let token_audiences = if claims.audiences.is_empty() {
+        api_audiences
+    } else {
+        &claims.audiences
+    };
+    let valid = intersect(token_audiences, requested);
+    if valid.is_empty() {
+        return Err(Rejection::Audience {
+            token: token_audiences.to_vec(),
+            requested: requested.to_vec(),
+        });
+    }
+    Ok(valid)
+}
+
+/// The members of `a` that are also in `b`, in `a`'s order (the API server's `Audiences.Intersect`).
+pub fn intersect(a: &[String], b: &[String]) -> Vec<String> {
+    a.iter().filter(|x| b.contains(x)).cloned().collect()
+}
+
+/// Seconds since the Unix epoch (negative before it), saturating.
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+    }
+}
+
+/// A Unix time as RFC 3339, for messages (`2026-11-28T10:00:00Z`).
+pub fn rfc3339(seconds: i64) -> String {
+    u64::try_from(seconds)
+        .ok()
+        .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+        .map_or_else(
+            || format!("@{seconds}"),
+            |t| humantime::format_rfc3339_seconds(t).to_string(),
+        )
+}
+
+/// `later - earlier` in human form (`5m 3s`), for messages.
+fn ago(later: i64, earlier: i64) -> String {
+    let secs = later.saturating_sub(earlier).max(0).unsigned_abs();
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// Go's `%q` of a `[]string`: `["a" "b"]`.
+fn go_quote(list: &[String]) -> String {
+    let quoted: Vec<String> = list.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+/// `iss` as the API server sniffs it: the payload as lenient JSON, `iss` as a string.
+fn sniff_issuer(payload: &[u8]) -> Option<String> {
+    match serde_json::from_slice::<Value>(payload).ok()? {
+        Value::Object(mut map) => match map.remove("iss")? {
+            Value::String(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn parse_header(segment: &str) -> Result<Header, String> {
+    let bytes = RAW_URL
+        .decode(segment)
+        .map_err(|_| "header is not base64url".to_string())?;
+    let header = strict_object(&bytes).map_err(|e| format!("header: {e}"))?;
+    if header.contains_key("crit") {
+        return Err("header has a \"crit\" parameter, which is not supported".into());
+    }
+    let alg = match header.get("alg") {
+        Some(Value::String(alg)) => alg,
+        Some(_) => return Err("header \"alg\" is not a string".into()),
+        None => return Err("header has no \"alg\"".into()),
+    };
+    if !ALLOWED_ALGORITHMS.contains(&alg.as_str()) {
+        return Err(format!(
+            "algorithm {alg:?} is not allowed for service account tokens (allowed: {})",
+            ALLOWED_ALGORITHMS.join(", ")
+        ));
+    }
+    let kid = optional_string(&header, "kid").map_err(|e| format!("header: {e}"))?;
+    Ok(Header {
+        alg: alg.clone(),
+        kid,
+    })
+}
+
+type Object = serde_json::Map<String, Value>;
+
+fn parse_claims(claims: &Object, issuer: String, kind: Kind) -> Result<Claims, String> {
+    let mut out = Claims {
+        issuer,
+        subject: optional_string(claims, "sub")?,
+        audiences: audiences(claims.get("aud"))?,
+        expires_at: numeric_date(claims, "exp")?,
+        not_before: numeric_date(claims, "nbf")?,
+        issued_at: numeric_date(claims, "iat")?,
+        jti: optional_string(claims, "jti")?,
+        ..Claims::default()
+    };
+    match kind {
+        Kind::Projected => {
+            let k = match claims.get("kubernetes.io") {
+                Some(Value::Object(k)) => k,
+                Some(_) => return Err("claim \"kubernetes.io\" is not an object".into()),
+                None => return Err("no \"kubernetes.io\" claim naming the service account".into()),
+            };
+            out.namespace = required_string(k, "kubernetes.io", "namespace")?;
+            out.service_account = object_ref(k, "serviceaccount")?
+                .ok_or("no \"kubernetes.io.serviceaccount\" claim")?;
+            out.pod = object_ref(k, "pod")?;
+            out.secret = object_ref(k, "secret")?;
+        }
+        Kind::Legacy => {
+            const P: &str = "kubernetes.io/serviceaccount/";
+            let field = |name: &str| required_string(claims, "legacy", &format!("{P}{name}"));
+            out.namespace = field("namespace")?;
+            out.service_account = ObjectRef {
+                name: field("service-account.name")?,
+                uid: field("service-account.uid")?,
+            };
+            out.secret = Some(ObjectRef {
+                name: field("secret.name")?,
+                uid: String::new(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn object_ref(k: &Object, key: &str) -> Result<Option<ObjectRef>, String> {
+    match k.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => {
+            let what = format!("kubernetes.io.{key}");
+            Ok(Some(ObjectRef {
+                name: required_string(o, &what, "name")?,
+                uid: required_string(o, &what, "uid")?,
+            }))
+        }
+        Some(_) => Err(format!("claim \"kubernetes.io.{key}\" is not an object")),
+    }
+}
+
+fn required_string(o: &Object, what: &str, key: &str) -> Result<String, String> {
+    match o.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) => Err(format!("{what} claim {key:?} is empty")),
+        Some(_) => Err(format!("{what} claim {key:?} is not a string")),
+        None => Err(format!("{what} claim {key:?} is missing")),
+    }
+}
+
+fn optional_string(o: &Object, key: &str) -> Result<Option<String>, String> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("claim {key:?} is not a string")),
+    }
+}
+
+/// go-jose's `Audience`: a string or an array of strings.
+fn audiences(value: Option<&Value>) -> Result<Vec<String>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| "claim \"aud\" has a member that is not a string".to_string())
+            })
+            .collect(),
+        Some(_) => Err("claim \"aud\" is neither a string nor an array of strings".into()),
+    }
+}
+
+/// go-jose's `NumericDate`: any JSON number, truncated to whole seconds; we also refuse
+/// values so large that time arithmetic would overflow.
+fn numeric_date(o: &Object, key: &str) -> Result<Option<i64>, String> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let v = n
+                .as_f64()
+                .ok_or_else(|| format!("claim {key:?} is not a number"))?;
+            if !v.is_finite() || v.abs() >= MAX_TIME_SECONDS {
+                return Err(format!("claim {key:?} ({n}) is out of range"));
+            }
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "range checked above; go-jose truncates too"
+            )]
+            Ok(Some(v.trunc() as i64))
+        }
+        Some(_) => Err(format!("claim {key:?} is not a number")),
+    }
+}
+
+/// Parses a JSON object, refusing duplicate keys at any depth.
+pub fn strict_object(bytes: &[u8]) -> Result<Object, String> {
+    match serde_json::from_slice::<Strict>(bytes) {
+        Ok(Strict(Value::Object(map))) => Ok(map),
+        Ok(_) => Err("not a JSON object".into()),
+        Err(e) => Err(format!("invalid JSON ({e})")),
+    }
+}
+
+/// A JSON value whose objects had no duplicate keys.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut seen = Object::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(value) = map.next_value()?;
+            if seen.contains_key(&key) {
+                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            seen.insert(key, value);
+        }
+        Ok(Value::Object(seen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const ISS: &str = "https://kubernetes.default.svc.cluster.local";
+    const NOW: i64 = 1_795_860_000; // 2026-11-28T10:00:00Z
+
+    fn b64(s: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+
+    fn jwt_raw(header: &str, claims: &str) -> String {
+        format!("{}.{}.c2lnbmF0dXJl", b64(header), b64(claims))
+    }
+
+    fn jwt(claims: &Value) -> String {
+        jwt_raw(r#"{"alg":"ES256","kid":"k1"}"#, &claims.to_string())
+    }
+
+    fn projected() -> Value {
+        json!({
+            "aud": ["vault"], "exp": NOW + 3600, "iat": NOW - 10, "nbf": NOW - 10, "iss": ISS,
+            "jti": "8d1f", "sub": "system:serviceaccount:apps:web",
+            "kubernetes.io": {"namespace": "apps", "serviceaccount": {"name": "web", "uid": "sa-1"},
+                              "pod": {"name": "web-0", "uid": "pod-1"}}
+        })
+    }
+
+    fn issuers() -> Vec<String> {
+        vec![ISS.to_string()]
+    }
+
+    fn sa(raw: &str) -> Result<ServiceAccountToken, Rejection> {
+        match classify(raw, &issuers())? {
+            Classified::ServiceAccount(t) => Ok(*t),
+            Classified::Foreign(why) => panic!("unexpectedly foreign: {why}"),
+        }
+    }
+
+    fn foreign(raw: &str) -> String {
+        match classify(raw, &issuers()) {
+            Ok(Classified::Foreign(why)) => why,
+            other => panic!("expected foreign, got {other:?}"),
+        }
+    }
+
+    fn malformed(raw: &str) -> String {
+        match classify(raw, &issuers()) {
+            Err(Rejection::Malformed(why)) => why,
+            other => panic!("expected malformed, got {other:?}"),
+        }
+    }
+
+    fn at(seconds: i64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(seconds as u64)
+    }
+
+    fn aud(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn with(mut claims: Value, key: &str, value: Value) -> Value {
+        claims[key] = value;
+        claims
+    }
+
+    #[test]
+    fn projected_token_is_parsed_with_its_bound_objects() {
+        let t = sa(&jwt(&projected())).unwrap();
+        assert_eq!(t.kind, Kind::Projected);
+        assert_eq!(
+            t.header,
+            Header {
+                alg: "ES256".into(),
+                kid: Some("k1".into())
+            }
+        );
+        assert_eq!(t.claims.audiences, aud(&["vault"]));
+        assert_eq!(t.claims.expires_at, Some(NOW + 3600));
+        assert_eq!(
+            t.claims.service_account,
+            ObjectRef {
+                name: "web".into(),
+                uid: "sa-1".into()
+            }
+        );
+        assert_eq!(
+            t.claims.pod,
+            Some(ObjectRef {
+                name: "web-0".into(),
+                uid: "pod-1".into()
+            })
+        );
+        assert_eq!(t.username(), "system:serviceaccount:apps:web");
+    }
+
+    #[test]
+    fn legacy_token_is_recognised_whatever_the_configured_issuers() {
+        let claims = json!({
+            "iss": LEGACY_ISSUER, "sub": "system:serviceaccount:apps:web",
+            "kubernetes.io/serviceaccount/namespace": "apps",
+            "kubernetes.io/serviceaccount/secret.name": "web-token-x",
+            "kubernetes.io/serviceaccount/service-account.name": "web",
+            "kubernetes.io/serviceaccount/service-account.uid": "sa-1"
+        });
+        let t = sa(&jwt(&claims)).unwrap();
+        assert_eq!(t.kind, Kind::Legacy);
+        assert_eq!(t.claims.secret.as_ref().unwrap().name, "web-token-x");
+        assert!(t.claims.audiences.is_empty() && t.claims.expires_at.is_none());
+    }
+
+    #[test]
+    fn tokens_of_other_issuers_and_non_jwts_are_foreign() {
+        assert!(
+            foreign(&jwt(&with(projected(), "iss", json!("https://evil"))))
+                .contains("\"https://evil\"")
+        );
+        assert!(foreign("abc").contains("1 dot-separated segment,"));
+        assert!(foreign("a.b.c.d").contains("4 dot-separated segments"));
+        assert!(foreign("a.!!!.c").contains("base64url"));
+        // An issuer given as an array is no string issuer: the API server's sniff fails too.
+        assert!(foreign(&jwt(&with(projected(), "iss", json!([ISS])))).contains("no string"));
+        // Padding: Go's RawURLEncoding refuses it, so the API server does not see an issuer.
+        let padded = format!("{}.{}=.c2ln", b64("{}"), b64(&projected().to_string()));
+        foreign(&padded);
+    }
+
+    #[test]
+    fn empty_issuer_list_accepts_any_issuer() {
+        let raw = jwt(&with(projected(), "iss", json!("https://other")));
+        assert!(matches!(
+            classify(&raw, &[]),
+            Ok(Classified::ServiceAccount(_))
+        ));
+    }
+
+    #[test]
+    fn duplicate_keys_anywhere_make_the_token_invalid() {
+        let dup_exp = format!(r#"{{"iss":"{ISS}","exp":1,"exp":{}}}"#, NOW + 100);
+        assert!(
+            malformed(&jwt_raw(r#"{"alg":"ES256"}"#, &dup_exp)).contains("duplicate key \"exp\"")
+        );
+        let claims = projected().to_string();
+        let dup_header = jwt_raw(r#"{"alg":"ES256","alg":"none"}"#, &claims);
+        assert!(malformed(&dup_header).contains("duplicate key \"alg\""));
+        let nested = claims.replace(
+            r#""namespace":"apps""#,
+            r#""namespace":"apps","namespace":"kube-system""#,
+        );
+        assert_ne!(nested, claims);
+        assert!(
+            malformed(&jwt_raw(r#"{"alg":"ES256"}"#, &nested))
+                .contains("duplicate key \"namespace\"")
+        );
+    }
+
+    #[test]
+    fn unsafe_or_unknown_algorithms_and_crit_headers_are_refused() {
+        let claims = projected().to_string();
+        for alg in ["none", "HS256", "HS512", "PS999", "es256"] {
+            let why = malformed(&jwt_raw(&format!(r#"{{"alg":"{alg}"}}"#), &claims));
+            assert!(why.contains(&format!("{alg:?} is not allowed")), "{why}");
+        }
+        assert!(malformed(&jwt_raw(r#"{"kid":"x"}"#, &claims)).contains("no \"alg\""));
+        assert!(malformed(&jwt_raw(r#"{"alg":"ES256","crit":["exp"]}"#, &claims)).contains("crit"));
+        assert!(malformed(&jwt_raw(r#"{"alg":"ES256","kid":7}"#, &claims)).contains("\"kid\""));
+    }
+
+    #[test]
+    fn claims_of_the_wrong_type_or_range_are_refused() {
+        for (key, value, expect) in [
+            ("exp", json!("1795863600"), "\"exp\" is not a number"),
+            ("nbf", json!(true), "\"nbf\" is not a number"),
+            ("exp", json!(9_223_372_036_854_775_807i64), "out of range"),
+            ("exp", json!(18_446_744_073_709_551_615u64), "out of range"),
+            ("iat", json!(-1e300), "out of range"),
+            ("aud", json!(7), "neither a string nor an array"),
+            ("aud", json!(["vault", 7]), "not a string"),
+            ("sub", json!(["x"]), "\"sub\" is not a string"),
+        ] {
+            let why = malformed(&jwt(&with(projected(), key, value)));
+            assert!(why.contains(expect), "{key}: {why}");
+        }
+        let huge = jwt_raw(
+            r#"{"alg":"ES256"}"#,
+            &projected()
+                .to_string()
+                .replace(&format!("{}", NOW + 3600), "18446744073709551616"),
+        );
+        assert!(malformed(&huge).contains("out of range"));
+    }
+
+    #[test]
+    fn audience_may_be_a_single_string_and_times_may_be_fractional() {
+        let t = sa(&jwt(&with(
+            with(projected(), "aud", json!("vault")),
+            "exp",
+            json!(NOW as f64 + 10.9),
+        )))
+        .unwrap();
+        assert_eq!(t.claims.audiences, aud(&["vault"]));
+        assert_eq!(t.claims.expires_at, Some(NOW + 10));
+    }
+
+    #[test]
+    fn missing_service_account_claims_are_refused() {
+        let mut claims = projected();
+        claims.as_object_mut().unwrap().remove("kubernetes.io");
+        assert!(malformed(&jwt(&claims)).contains("kubernetes.io"));
+        claims["kubernetes.io"] = json!({"namespace": "apps", "serviceaccount": {"name": "web"}});
+        assert!(malformed(&jwt(&claims)).contains("\"uid\" is missing"));
+    }
+
+    #[test]
+    fn subject_that_disagrees_with_the_service_account_claims_is_refused() {
+        let raw = jwt(&with(
+            projected(),
+            "sub",
+            json!("system:serviceaccount:kube-system:admin"),
+        ));
+        let err = classify(&raw, &issuers()).unwrap_err();
+        assert!(matches!(err, Rejection::SubjectMismatch { .. }));
+        assert!(err.to_string().contains("system:serviceaccount:apps:web"));
+    }
+
+    #[test]
+    fn oversized_tokens_are_refused_before_parsing() {
+        let raw = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert!(matches!(
+            classify(&raw, &issuers()),
+            Err(Rejection::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn expiry_allows_exactly_the_api_servers_leeway() {
+        let t = sa(&jwt(&projected())).unwrap();
+        let exp = NOW + 3600;
+        assert!(check(&t, &aud(&["vault"]), &issuers(), at(exp + LEEWAY_SECONDS)).is_ok());
+        let err = check(
+            &t,
+            &aud(&["vault"]),
+            &issuers(),
+            at(exp + LEEWAY_SECONDS + 1),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            Rejection::Expired {
+                expires_at: exp,
+                now: exp + 61
+            }
+        );
+        let late = check(&t, &aud(&["vault"]), &issuers(), at(exp + 300)).unwrap_err();
+        assert_eq!(
+            late.to_string(),
+            "service account token has expired: it expired at 2026-11-28T11:00:00Z (5m ago)"
+        );
+    }
+
+    #[test]
+    fn not_before_and_issued_at_allow_the_leeway_into_the_future() {
+        let future = with(
+            with(projected(), "nbf", json!(NOW + 120)),
+            "iat",
+            json!(NOW - 10),
+        );
+        let t = sa(&jwt(&future)).unwrap();
+        assert!(check(&t, &aud(&["vault"]), &[], at(NOW + 60)).is_ok());
+        let err = check(&t, &aud(&["vault"]), &[], at(NOW + 59)).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("service account token is not valid yet"),
+            "{err}"
+        );
+
+        let t = sa(&jwt(&with(projected(), "iat", json!(NOW + 61)))).unwrap();
+        let err = check(&t, &aud(&["vault"]), &[], at(NOW)).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("service account token is issued in the future"),
+            "{err}"
+        );
+        assert!(check(&t, &aud(&["vault"]), &[], at(NOW + 1)).is_ok());
+    }
+
+    #[test]
+    fn audiences_must_intersect_in_the_api_servers_wording() {
+        let t = sa(&jwt(&with(projected(), "aud", json!(["vault", "api"])))).unwrap();
+        assert_eq!(
+            check(&t, &aud(&["x", "api"]), &[], at(NOW)).unwrap(),
+            aud(&["api"])
+        );
+        let err = check(&t, &aud(&["y"]), &[], at(NOW)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"token audiences ["vault" "api"] is invalid for the target audiences ["y"]"#
+        );
+    }
+
+    #[test]
+    fn a_token_without_audiences_stands_for_the_api_audiences() {
+        let mut claims = projected();
+        claims.as_object_mut().unwrap().remove("aud");
+        let t = sa(&jwt(&claims)).unwrap();
+        assert_eq!(
+            check(&t, &issuers(), &issuers(), at(NOW)).unwrap(),
+            issuers()
+        );
+        assert!(matches!(
+            check(&t, &aud(&["vault"]), &issuers(), at(NOW)),
+            Err(Rejection::Audience { .. })
+        ));
+    }
+
+    #[test]
+    fn time_helpers_never_overflow() {
+        assert_eq!(rfc3339(NOW), "2026-11-28T10:00:00Z");
+        assert_eq!(rfc3339(-5), "@-5");
+        assert_eq!(
+            ago(i64::MAX, i64::MIN),
+            humantime::format_duration(Duration::from_secs(i64::MAX as u64)).to_string()
+        );
+        assert_eq!(ago(1, 5), "0s");
+        assert_eq!(unix_seconds(UNIX_EPOCH - Duration::from_secs(3)), -3);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn claim_value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(
+                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                ),
+                (NOW - 7200..NOW + 7200).prop_map(Value::from),
+                "[a-z]{0,6}".prop_map(Value::from),
+                prop::collection::vec("[a-z]{1,4}", 0..3).prop_map(|v| json!(v)),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn classify_never_panics_on_arbitrary_text(raw in ".{0,400}") {
+                let _ = classify(&raw, &issuers());
+            }
+
+            #[test]
+            fn classify_never_panics_on_arbitrary_segments(h in prop::collection::vec(any::<u8>(), 0..64),
+                                                           p in prop::collection::vec(any::<u8>(), 0..256)) {
+                let raw = format!("{}.{}.c2ln", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h),
+                                  base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(p));
+                let _ = classify(&raw, &issuers());
+            }
+
+            #[test]
+            fn an_accepted_token_satisfies_every_local_rule(exp in claim_value(), nbf in claim_value(), iat in claim_value(),
+                                                            aud_claim in claim_value(), now in NOW - 7200..NOW + 7200,
+                                                            requested in prop::collection::vec("[a-z]{1,4}", 1..3)) {
+                let claims = with(with(with(with(projected(), "exp", exp), "nbf", nbf), "iat", iat), "aud", aud_claim);
+                let Ok(Classified::ServiceAccount(t)) = classify(&jwt(&claims), &issuers()) else { return Ok(()) };
+                if let Ok(valid) = check(&t, &requested, &issuers(), at(now)) {
+                    let c = &t.claims;
+                    prop_assert!(c.expires_at.is_none_or(|e| now <= e + LEEWAY_SECONDS));
+                    prop_assert!(c.not_before.is_none_or(|n| now + LEEWAY_SECONDS >= n));
+                    prop_assert!(c.issued_at.is_none_or(|i| now + LEEWAY_SECONDS >= i));
+                    prop_assert!(!valid.is_empty());
+                    let token_auds = if c.audiences.is_empty() { issuers() } else { c.audiences.clone() };
+                    prop_assert!(valid.iter().all(|a| requested.contains(a) && token_auds.contains(a)));
+                }
+            }
+        }
+    }
+}
