@@ -10,5 +10,6 @@
 //!
 //! `sim` is a small, faithful API server used by `tokengate dev`, the tests and the benches.
 
+pub mod config;
 pub mod sim;
 pub mod token;
