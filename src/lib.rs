@@ -13,3 +13,4 @@
 pub mod config;
 pub mod sim;
 pub mod token;
+pub mod upstream;

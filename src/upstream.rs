@@ -1,0 +1,617 @@
+//! The API-server client: TokenReview with the reviewer credential.
+//!
+//! Responsible for: one `POST /apis/authentication.k8s.io/v1/tokenreviews` per call, over
+//! TLS that trusts only the cluster's CA, authenticated with the reviewer credential (a
+//! token file re-read when the kubelet rotates it, the last good value kept when a read
+//! fails, and re-read once more on a 401); a bound on reviews in flight (past it: an
+//! immediate error, never a queue); retries of retryable failures only, inside the
+//! review's time budget; and a readiness latch that closes when the API server first answers.
+//!
+//! Not responsible for: deciding what an answer means for the caller (see `review`), caching.
+//! Retries follow the API server's own webhook client (`webhook.DefaultShouldRetry` and
+//! `DefaultRetryBackoffWithInitialDelay`): connection reset, 429, 500 and 504, backoff
+//! 500 ms × 1.5 with 20 % jitter, honouring `Retry-After`.
+
+use std::io;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http::{HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::config;
+
+/// The largest TokenReview answer read from the API server.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// First retry delay, growth factor and jitter, as the API server's webhook client.
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_FACTOR: f64 = 1.5;
+const BACKOFF_JITTER: f64 = 0.2;
+
+/// Why a review could not be answered by the API server. Never carries a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// `upstream.max_in_flight` reviews are already waiting on the API server.
+    #[error("{0} TokenReviews are already in flight to the API server (upstream.max_in_flight)")]
+    Saturated(usize),
+    /// The review's time budget ran out (retries included).
+    #[error("the API server did not answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// The connection failed.
+    #[error("cannot reach the API server: {0}")]
+    Connect(String),
+    /// The API server refused the reviewer credential, also after re-reading it.
+    #[error(
+        "the API server refused tokengate's reviewer credential (401 Unauthorized); check upstream.token_file or the kubeconfig user"
+    )]
+    Unauthorized,
+    /// The reviewer may not create TokenReviews.
+    #[error(
+        "the API server forbids tokengate's reviewer to create TokenReviews (403: {0}); bind it to the system:auth-delegator ClusterRole"
+    )]
+    Forbidden(String),
+    /// An HTTP status that is neither an answer nor retryable, or retryable but out of budget.
+    #[error("the API server answered HTTP {code}: {message}")]
+    Status {
+        /// The status code.
+        code: u16,
+        /// The `Status` message, when the body had one.
+        message: String,
+    },
+    /// The answer was not a usable TokenReview.
+    #[error("the API server's answer is not a usable TokenReview: {0}")]
+    BadResponse(String),
+}
+
+/// Why the client could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The CA file could not be read.
+    #[error("cannot read upstream CA file {path}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The CA file or kubeconfig held no usable certificate.
+    #[error("no usable CA certificate in {0}")]
+    NoCertificate(String),
+    /// The kubeconfig could not be used.
+    #[error("cannot use kubeconfig {path}: {message}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The token file could not be read at start.
+    #[error("cannot read reviewer token file {path}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The API-server client. Cheap to share behind an `Arc`.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    review_uri: Uri,
+    credential: Credential,
+    limit: Arc<Semaphore>,
+    max_in_flight: usize,
+    timeout: Duration,
+    ready: AtomicBool,
+}
+
+impl Upstream {
+    /// Builds the client: reads the CA and the credential, resolves a kubeconfig.
+    pub async fn from_config(cfg: &config::Upstream) -> Result<Upstream, BuildError> {
+        let (base, roots, credential) = match &cfg.source {
+            config::UpstreamSource::Direct {
+                url,
+                ca_file,
+                token_file,
+            } => {
+                let roots = match ca_file {
+                    Some(path) => {
+                        let pem = std::fs::read(path).map_err(|source| BuildError::CaFile {
+                            path: path.clone(),
+                            source,
+                        })?;
+                        Some(roots_from_pem(&pem, &path.display().to_string())?)
+                    }
+                    None => None,
+                };
+                let credential = match token_file {
+                    Some(path) => Credential::file(path.clone())?,
+                    None => Credential::none(),
+                };
+                (url.to_string(), roots, credential)
+            }
+            config::UpstreamSource::Kubeconfig { path, context } => {
+                from_kubeconfig(path, context.clone()).await?
+            }
+        };
+        let review_uri = format!(
+            "{}/apis/authentication.k8s.io/v1/tokenreviews",
+            base.trim_end_matches('/')
+        )
+        .parse()
+        .map_err(|e| BuildError::Kubeconfig {
+            path: PathBuf::new(),
+            message: format!("the API server URL {base} is not usable: {e}"),
+        })?;
+
+        let mut root_store = rustls::RootCertStore::empty();
+        for cert in roots.unwrap_or_default() {
+            // Already validated by roots_from_pem/kubeconfig parsing; a bad one is skipped.
+            let _ = root_store.add(cert);
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(root_store)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Ok(Upstream {
+            client,
+            review_uri,
+            credential,
+            limit: Arc::new(Semaphore::new(cfg.max_in_flight)),
+            max_in_flight: cfg.max_in_flight,
+            timeout: cfg.timeout,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the API server has answered a TokenReview since start (the readiness latch).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The review's time budget.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends a TokenReview for `token` with `audiences`; returns the API server's status.
+    #[tracing::instrument(skip_all, name = "upstream.review")]
+    pub async fn review(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<TokenReviewStatus, UpstreamError> {
+        let _permit = self
+            .limit
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| UpstreamError::Saturated(self.max_in_flight))?;
+        let deadline = Instant::now() + self.timeout;
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: Some(audiences.to_vec()),
+            },
+            ..TokenReview::default()
+        };
+        let body = Bytes::from(serde_json::to_vec(&review).expect("a TokenReview serialises"));
+        let mut backoff = BACKOFF_START;
+        let mut reread_credential = false;
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, self.send(body.clone())).await;
+            let (error, retry_after) = match attempt {
+                Err(_) => return Err(UpstreamError::Timeout(self.timeout)),
+                Ok(Ok(Answer::Review(status))) => {
+                    self.ready.store(true, Ordering::Relaxed);
+                    return Ok(status);
+                }
+                Ok(Ok(Answer::Unauthorized)) if !reread_credential => {
+                    // The kubelet may have rotated the token since we last read it.
+                    reread_credential = true;
+                    self.credential.reload();
+                    continue;
+                }
+                Ok(Ok(Answer::Unauthorized)) => return Err(UpstreamError::Unauthorized),
+                Ok(Ok(Answer::Retryable(error, retry_after))) => (error, retry_after),
+                Ok(Err(error)) => return Err(error),
+            };
+            let jitter = 1.0 + rand::random::<f64>() * BACKOFF_JITTER;
+            let wait = backoff.mul_f64(jitter).max(retry_after.unwrap_or_default());
+            if Instant::now() + wait >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(%error, wait_ms = wait.as_millis() as u64, "retrying TokenReview");
+            tokio::time::sleep(wait).await;
+            backoff = backoff.mul_f64(BACKOFF_FACTOR);
+        }
+    }
+
+    async fn send(&self, body: Bytes) -> Result<Answer, UpstreamError> {
+        let mut request = Request::post(self.review_uri.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json")
+            .header(USER_AGENT, concat!("tokengate/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(body))
+            .expect("a request of valid parts");
+        if let Some(value) = self.credential.header() {
+            request.headers_mut().insert(AUTHORIZATION, value);
+        }
+        let response = match self.client.request(request).await {
+            Ok(r) => r,
+            Err(e) if is_connection_reset(&e) => {
+                return Ok(Answer::Retryable(
+                    UpstreamError::Connect(describe(&e)),
+                    None,
+                ));
+            }
+            Err(e) => return Err(UpstreamError::Connect(describe(&e))),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.starts_with("application/json"));
+        let bytes = match Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                let message = format!("reading the answer failed: {e}");
+                return Ok(Answer::Retryable(UpstreamError::Connect(message), None));
+            }
+        };
+        match status {
+            StatusCode::CREATED | StatusCode::OK => {
+                if !json {
+                    return Err(UpstreamError::BadResponse(
+                        "its Content-Type is not application/json".into(),
+                    ));
+                }
+                parse_review(&bytes).map(Answer::Review)
+            }
+            StatusCode::UNAUTHORIZED => Ok(Answer::Unauthorized),
+            StatusCode::FORBIDDEN => Err(UpstreamError::Forbidden(status_message(&bytes))),
+            StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::INTERNAL_SERVER_ERROR
+            | StatusCode::GATEWAY_TIMEOUT => Ok(Answer::Retryable(
+                UpstreamError::Status {
+                    code: status.as_u16(),
+                    message: status_message(&bytes),
+                },
+                retry_after,
+            )),
+            _ => Err(UpstreamError::Status {
+                code: status.as_u16(),
+                message: status_message(&bytes),
+            }),
+        }
+    }
+}
+
+/// One attempt's outcome, before the retry policy.
+enum Answer {
+    Review(TokenReviewStatus),
+    Unauthorized,
+    Retryable(UpstreamError, Option<Duration>),
+}
+
+fn parse_review(bytes: &[u8]) -> Result<TokenReviewStatus, UpstreamError> {
+    let review: TokenReview = serde_json::from_slice(bytes)
+        .map_err(|e| UpstreamError::BadResponse(format!("invalid TokenReview JSON ({e})")))?;
+    let status = review
+        .status
+        .ok_or_else(|| UpstreamError::BadResponse("it has no status".into()))?;
+    if status.authenticated == Some(true)
+        && status
+            .user
+            .as_ref()
+            .and_then(|u| u.username.as_deref())
+            .is_none_or(str::is_empty)
+    {
+        return Err(UpstreamError::BadResponse(
+            "it authenticates the token but names no user".into(),
+        ));
+    }
+    Ok(status)
+}
+
+/// The `message` of a Kubernetes `Status` body, or a short note when there is none.
+fn status_message(bytes: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        message: Option<String>,
+    }
+    serde_json::from_slice::<Status>(bytes)
+        .ok()
+        .and_then(|s| s.message)
+        .unwrap_or_else(|| "no Status message".into())
+}
+
+fn is_connection_reset(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && h.is_incomplete_message()
+        {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            )
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The error and its causes on one line (hyper's top-level messages say little alone).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn roots_from_pem(
+    pem: &[u8],
+    origin: &str,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, BuildError> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(BuildError::NoCertificate(origin.to_string()));
+    }
+    Ok(certs)
+}
+
+type Resolved = (
+    String,
+    Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    Credential,
+);
+
+async fn from_kubeconfig(path: &Path, context: Option<String>) -> Result<Resolved, BuildError> {
+    let fail = |message: String| BuildError::Kubeconfig {
+        path: path.to_path_buf(),
+        message,
+    };
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| fail(describe(&e)))?;
+    let options = kube::config::KubeConfigOptions {
+        context,
+        ..Default::default()
+    };
+    let cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .map_err(|e| fail(describe(&e)))?;
+    let auth = &cfg.auth_info;
+    if auth.client_certificate.is_some()
+        || auth.client_certificate_data.is_some()
+        || auth.exec.is_some()
+        || auth.auth_provider.is_some()
+    {
+        return Err(fail("its user authenticates with a client certificate or a plugin; tokengate's reviewer needs a bearer token (`token` or `tokenFile`)".into()));
+    }
+    let credential = match (&auth.token, &auth.token_file) {
+        (_, Some(file)) => Credential::file(PathBuf::from(file))?,
+        (Some(token), None) => {
+            use secrecy::ExposeSecret as _;
+            Credential::fixed(token.expose_secret())
+        }
+        (None, None) => Credential::none(),
+    };
+    let roots = cfg
+        .root_cert
+        .clone()
+        .map(|ders| ders.into_iter().map(Into::into).collect());
+    Ok((cfg.cluster_url.to_string(), roots, credential))
+}
+
+/// The reviewer's bearer token: fixed, or a file re-read when it changes.
+struct Credential {
+    file: Option<PathBuf>,
+    current: RwLock<Option<Loaded>>,
+}
+
+struct Loaded {
+    header: HeaderValue,
+    stamp: Option<Stamp>,
+}
+
+/// What tells a rewritten file apart: the kubelet swaps a symlink, so the inode changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    inode: u64,
+    len: u64,
+}
+
+impl Credential {
+    fn none() -> Credential {
+        Credential {
+            file: None,
+            current: RwLock::new(None),
+        }
+    }
+
+    fn fixed(token: &str) -> Credential {
+        Credential {
+            file: None,
+            current: RwLock::new(bearer(token).map(|header| Loaded {
+                header,
+                stamp: None,
+            })),
+        }
+    }
+
+    fn file(path: PathBuf) -> Result<Credential, BuildError> {
+        let loaded = read_token_file(&path).map_err(|source| BuildError::TokenFile {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Credential {
+            file: Some(path),
+            current: RwLock::new(Some(loaded)),
+        })
+    }
+
+    /// The Authorization header, re-reading the file first when it changed.
+    fn header(&self) -> Option<HeaderValue> {
+        if let Some(path) = &self.file {
+            let stamp = stamp(path).ok();
+            let unchanged = self
+                .current
+                .read()
+                .expect("credential lock")
+                .as_ref()
+                .is_some_and(|l| stamp.is_some() && l.stamp == stamp);
+            if !unchanged {
+                self.reload();
+            }
+        }
+        let current = self.current.read().expect("credential lock");
+        current.as_ref().map(|l| l.header.clone())
+    }
+
+    /// Re-reads the token file; keeps the last good token when the read fails.
+    fn reload(&self) {
+        let Some(path) = &self.file else { return };
+        match read_token_file(path) {
+            Ok(loaded) => {
+                tracing::info!(path = %path.display(), "reviewer token file (re)read");
+                *self.current.write().expect("credential lock") = Some(loaded);
+            }
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "cannot re-read the reviewer token file; keeping the last good token"
+            ),
+        }
+    }
+}
+
+fn stamp(path: &Path) -> io::Result<Stamp> {
+    let m = std::fs::metadata(path)?;
+    Ok(Stamp {
+        modified: m.modified().ok(),
+        inode: m.ino(),
+        len: m.len(),
+    })
+}
+
+fn read_token_file(path: &Path) -> io::Result<Loaded> {
+    let before = stamp(path)?;
+    let text = std::fs::read_to_string(path)?;
+    let header = bearer(text.trim()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the file is empty or holds characters a bearer token cannot have",
+        )
+    })?;
+    Ok(Loaded {
+        header,
+        stamp: Some(before),
+    })
+}
+
+fn bearer(token: &str) -> Option<HeaderValue> {
+    if token.is_empty() {
+        return None;
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_is_re_read_when_rewritten_and_kept_when_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").unwrap();
+        let credential = Credential::file(path.clone()).unwrap();
+        assert_eq!(credential.header().unwrap(), "Bearer first");
+
+        // The kubelet writes a new file and swaps it in: a new inode.
+        let next = dir.path().join("token.new");
+        std::fs::write(&next, "second-token").unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        assert_eq!(credential.header().unwrap(), "Bearer second-token");
+
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(credential.header().unwrap(), "Bearer second-token");
+        assert!(credential.header().unwrap().is_sensitive());
+    }
+
+    #[test]
+    fn an_empty_token_file_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "\n").unwrap();
+        let err = Credential::file(path).err().unwrap();
+        assert!(matches!(err, BuildError::TokenFile { .. }));
+    }
+
+    #[test]
+    fn answers_without_a_status_or_user_are_refused() {
+        let no_status =
+            br#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{}}"#;
+        assert!(
+            matches!(parse_review(no_status), Err(UpstreamError::BadResponse(m)) if m.contains("no status"))
+        );
+        let no_user = br#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{},"status":{"authenticated":true}}"#;
+        assert!(
+            matches!(parse_review(no_user), Err(UpstreamError::BadResponse(m)) if m.contains("names no user"))
+        );
+        assert!(parse_review(b"{\"truncated").is_err());
+    }
+}
