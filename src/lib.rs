@@ -10,6 +10,7 @@
 //!
 //! `sim` is a small, faithful API server used by `tokengate dev`, the tests and the benches.
 
+pub mod cache;
 pub mod config;
 pub mod sim;
 pub mod token;

@@ -1,0 +1,401 @@
+//! The verdict cache: key derivation, expiry, and coalescing of concurrent misses.
+//!
+//! Responsible for: turning (token, audiences, purpose) into a key that is a keyed hash,
+//! never the token (HMAC-SHA256 with a random per-process key over length-prefixed parts,
+//! so no two different inputs share a key and nobody without the key can compute one);
+//! keeping verdicts no longer than the deadline they were stored with (checked against
+//! the caller's clock on every read, and reclaimed by moka at the same time); keeping
+//! negative verdicts in a cache of their own, so a flood of bad tokens can only evict
+//! other bad tokens; and making concurrent misses of one key share one fetch that runs
+//! in its own task, so no caller's disconnect cancels it.
+//!
+//! Not responsible for: deciding how long a verdict may live (see `review::lifetime`).
+//!
+//! Uses `moka::sync::Cache` rather than the future cache: its reads never wait on I/O,
+//! and being synchronous they can run under the in-flight lock, which closes the window
+//! between "not cached" and "nobody is fetching it".
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
+use k8s_openapi::api::authentication::v1::UserInfo;
+use ring::hmac;
+
+use crate::config;
+use crate::upstream::UpstreamError;
+
+/// A cache key: HMAC-SHA256 of the token, the audiences and the purpose.
+pub type Key = [u8; 32];
+
+/// What a review concluded. Shared, immutable; a cache hit is an `Arc` clone.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Verdict {
+    /// Whether the token is valid for the requested audiences.
+    pub authenticated: bool,
+    /// Whose token it is, as the API server said (only when authenticated).
+    pub user: Option<UserInfo>,
+    /// The audiences the token is valid for, as the API server said.
+    pub audiences: Vec<String>,
+    /// Why not (only when not authenticated); never contains the token.
+    pub error: String,
+}
+
+impl Verdict {
+    /// A "no" with a reason.
+    pub fn denied(error: impl Into<String>) -> Verdict {
+        Verdict {
+            error: error.into(),
+            ..Verdict::default()
+        }
+    }
+}
+
+/// Which question a key answers. The same token and audiences asked for different
+/// purposes must never share a verdict, as the policies differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A review asked for by a caller (TokenReview, `/auth`).
+    Review = 1,
+    /// The authentication of a caller of the TokenReview endpoints.
+    Caller = 2,
+}
+
+/// A fetched verdict and how long it may be kept.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The verdict.
+    pub verdict: Arc<Verdict>,
+    /// When it stops being valid, by the caller's clock.
+    pub expires_at: SystemTime,
+    /// The same as a duration from now (zero: do not cache).
+    pub ttl: Duration,
+}
+
+#[derive(Clone)]
+struct Entry {
+    verdict: Arc<Verdict>,
+    expires_at: SystemTime,
+    ttl: Duration,
+}
+
+struct EntryExpiry;
+
+impl moka::Expiry<Key, Entry> for EntryExpiry {
+    fn expire_after_create(&self, _: &Key, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        entry: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+type Outcome = Result<Arc<Verdict>, UpstreamError>;
+type Pending = Shared<BoxFuture<'static, Outcome>>;
+
+/// The verdict cache. Share it behind an `Arc`.
+pub struct VerdictCache {
+    hmac_key: hmac::Key,
+    positive: moka::sync::Cache<Key, Entry>,
+    negative: moka::sync::Cache<Key, Entry>,
+    in_flight: Mutex<HashMap<Key, Pending>>,
+}
+
+impl VerdictCache {
+    /// A cache sized by the configuration, with a fresh random HMAC key.
+    pub fn new(cfg: &config::Cache) -> VerdictCache {
+        let rng = ring::rand::SystemRandom::new();
+        let hmac_key =
+            hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("the OS random source works");
+        let build = |capacity: u64| {
+            moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(EntryExpiry)
+                .build()
+        };
+        VerdictCache {
+            hmac_key,
+            positive: build(cfg.max_entries),
+            negative: build(cfg.negative_max_entries),
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key for a token asked about for `audiences` and `purpose`.
+    pub fn key(&self, token: &str, audiences: &[String], purpose: Purpose) -> Key {
+        let mut ctx = hmac::Context::with_key(&self.hmac_key);
+        ctx.update(&[purpose as u8]);
+        ctx.update(&(token.len() as u64).to_be_bytes());
+        ctx.update(token.as_bytes());
+        ctx.update(&(audiences.len() as u64).to_be_bytes());
+        for audience in audiences {
+            ctx.update(&(audience.len() as u64).to_be_bytes());
+            ctx.update(audience.as_bytes());
+        }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ctx.sign().as_ref());
+        key
+    }
+
+    /// The cached verdict for `key`, if there is one that is still valid at `now`.
+    pub fn get(&self, key: &Key, now: SystemTime) -> Option<Arc<Verdict>> {
+        let entry = self.positive.get(key).or_else(|| self.negative.get(key))?;
+        (now < entry.expires_at).then_some(entry.verdict)
+    }
+
+    /// Stores a fetched verdict (nothing when its ttl is zero).
+    pub fn insert(&self, key: Key, fetched: &Fetched) {
+        if fetched.ttl.is_zero() {
+            return;
+        }
+        let entry = Entry {
+            verdict: fetched.verdict.clone(),
+            expires_at: fetched.expires_at,
+            ttl: fetched.ttl,
+        };
+        if fetched.verdict.authenticated {
+            self.negative.invalidate(&key);
+            self.positive.insert(key, entry);
+        } else {
+            self.positive.invalidate(&key);
+            self.negative.insert(key, entry);
+        }
+    }
+
+    /// The number of (positive, negative) verdicts held, after pending maintenance.
+    pub fn len(&self) -> (u64, u64) {
+        self.positive.run_pending_tasks();
+        self.negative.run_pending_tasks();
+        (self.positive.entry_count(), self.negative.entry_count())
+    }
+
+    /// Whether the cache holds no verdict.
+    pub fn is_empty(&self) -> bool {
+        self.len() == (0, 0)
+    }
+
+    /// The cached verdict for `key`, or the outcome of `fetch`, run once however many
+    /// callers ask at the same time. `fetch` runs in a task of its own: it completes (and
+    /// its verdict is cached) even when every caller has gone away. Errors are not cached.
+    pub async fn get_or_fetch<F>(self: &Arc<Self>, key: Key, now: SystemTime, fetch: F) -> Outcome
+    where
+        F: Future<Output = Result<Fetched, UpstreamError>> + Send + 'static,
+    {
+        let pending = {
+            let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+            // Checked again under the lock: a fetch may have finished since the caller looked.
+            if let Some(verdict) = self.get(&key, now) {
+                return Ok(verdict);
+            }
+            match in_flight.get(&key) {
+                Some(pending) => pending.clone(),
+                None => {
+                    let pending = self.spawn_fetch(key, fetch);
+                    in_flight.insert(key, pending.clone());
+                    pending
+                }
+            }
+        };
+        pending.await
+    }
+
+    fn spawn_fetch<F>(self: &Arc<Self>, key: Key, fetch: F) -> Pending
+    where
+        F: Future<Output = Result<Fetched, UpstreamError>> + Send + 'static,
+    {
+        let cache = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            // Removes the in-flight entry however the task ends, panics included.
+            let _done = InFlightGuard { cache: &cache, key };
+            let fetched = fetch.await?;
+            cache.insert(key, &fetched);
+            Ok(fetched.verdict)
+        });
+        task.map(|joined| {
+            joined.unwrap_or_else(|e| {
+                Err(UpstreamError::BadResponse(format!(
+                    "the review task failed: {e}"
+                )))
+            })
+        })
+        .boxed()
+        .shared()
+    }
+}
+
+struct InFlightGuard<'a> {
+    cache: &'a VerdictCache,
+    key: Key,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut in_flight) = self.cache.in_flight.lock() {
+            in_flight.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn cfg(max_entries: u64, negative_max_entries: u64) -> config::Cache {
+        config::Cache {
+            max_entries,
+            negative_max_entries,
+            negative_ttl: Duration::from_secs(10),
+            max_ttl: Duration::from_secs(120),
+        }
+    }
+
+    fn fetched(authenticated: bool, ttl: u64, now: SystemTime) -> Fetched {
+        Fetched {
+            verdict: Arc::new(Verdict {
+                authenticated,
+                ..Verdict::default()
+            }),
+            expires_at: now + Duration::from_secs(ttl),
+            ttl: Duration::from_secs(ttl),
+        }
+    }
+
+    fn aud(a: &str) -> Vec<String> {
+        vec![a.to_string()]
+    }
+
+    #[test]
+    fn keys_separate_tokens_audiences_and_purposes() {
+        let cache = VerdictCache::new(&cfg(10, 10));
+        let k = cache.key("tok", &aud("vault"), Purpose::Review);
+        assert_eq!(k, cache.key("tok", &aud("vault"), Purpose::Review));
+        assert_ne!(k, cache.key("tok", &aud("api"), Purpose::Review));
+        assert_ne!(k, cache.key("tok", &aud("vault"), Purpose::Caller));
+        assert_ne!(k, cache.key("tok2", &aud("vault"), Purpose::Review));
+        // Length prefixes: moving a byte between token and audience changes the key.
+        assert_ne!(
+            cache.key("ab", &aud("c"), Purpose::Review),
+            cache.key("a", &aud("bc"), Purpose::Review)
+        );
+        assert_ne!(
+            cache.key("t", &["a".into(), "b".into()], Purpose::Review),
+            cache.key("t", &aud("ab"), Purpose::Review)
+        );
+        // A second process (another random key) derives other keys for the same input.
+        let other = VerdictCache::new(&cfg(10, 10));
+        assert_ne!(k, other.key("tok", &aud("vault"), Purpose::Review));
+    }
+
+    #[test]
+    fn a_verdict_is_not_served_at_or_after_its_deadline() {
+        let cache = VerdictCache::new(&cfg(10, 10));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let key = cache.key("tok", &aud("vault"), Purpose::Review);
+        cache.insert(key, &fetched(true, 60, now));
+        assert!(cache.get(&key, now + Duration::from_secs(59)).is_some());
+        assert!(cache.get(&key, now + Duration::from_secs(60)).is_none());
+    }
+
+    #[test]
+    fn a_zero_ttl_is_not_cached() {
+        let cache = VerdictCache::new(&cfg(10, 10));
+        let now = SystemTime::now();
+        let key = cache.key("tok", &aud("vault"), Purpose::Review);
+        cache.insert(key, &fetched(true, 0, now));
+        assert!(cache.get(&key, now).is_none());
+    }
+
+    #[test]
+    fn a_flood_of_negative_verdicts_does_not_evict_positive_ones() {
+        let cache = VerdictCache::new(&cfg(100, 50));
+        let now = SystemTime::now();
+        let good: Vec<Key> = (0..50)
+            .map(|i| cache.key(&format!("good-{i}"), &aud("vault"), Purpose::Review))
+            .collect();
+        for k in &good {
+            cache.insert(*k, &fetched(true, 600, now));
+        }
+        for i in 0..5_000 {
+            let k = cache.key(&format!("forged-{i}"), &aud("vault"), Purpose::Review);
+            cache.insert(k, &fetched(false, 600, now));
+        }
+        let (positive, negative) = cache.len();
+        assert_eq!(positive, 50);
+        assert!(negative <= 50, "negative cache kept {negative}");
+        assert!(good.iter().all(|k| cache.get(k, now).is_some()));
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_fetch_that_survives_its_callers() {
+        let cache = Arc::new(VerdictCache::new(&cfg(10, 10)));
+        let now = SystemTime::now();
+        let key = cache.key("tok", &aud("vault"), Purpose::Review);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let started = Arc::new(tokio::sync::Notify::new());
+        let fetch = || {
+            let calls = calls.clone();
+            let started = started.clone();
+            let mut released = released.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                started.notify_one();
+                released.wait_for(|r| *r).await.unwrap();
+                Ok(fetched(true, 60, now))
+            }
+        };
+        // The first caller goes away before the answer comes.
+        let first = tokio::spawn({
+            let cache = cache.clone();
+            let f = fetch();
+            async move { cache.get_or_fetch(key, now, f).await }
+        });
+        started.notified().await;
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        let waiters: Vec<_> = (0..50)
+            .map(|_| {
+                let cache = cache.clone();
+                let f = fetch();
+                tokio::spawn(async move { cache.get_or_fetch(key, now, f).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        release.send(true).unwrap();
+        for w in waiters {
+            assert!(w.await.unwrap().unwrap().authenticated);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(cache.get(&key, now).is_some());
+        assert!(cache.in_flight.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_cached() {
+        let cache = Arc::new(VerdictCache::new(&cfg(10, 10)));
+        let now = SystemTime::now();
+        let key = cache.key("tok", &aud("vault"), Purpose::Review);
+        let out = cache
+            .get_or_fetch(key, now, async {
+                Err(UpstreamError::Timeout(Duration::from_secs(5)))
+            })
+            .await;
+        assert!(out.is_err());
+        assert!(cache.get(&key, now).is_none());
+        let out = cache
+            .get_or_fetch(key, now, async move { Ok(fetched(false, 10, now)) })
+            .await;
+        assert!(!out.unwrap().authenticated);
+        assert!(cache.get(&key, now).is_some());
+    }
+}
