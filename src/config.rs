@@ -414,6 +414,9 @@ impl Raw {
             "policy.api_audiences",
             p.api_audiences.unwrap_or_else(|| issuers.clone()),
         );
+        if api_audiences.is_empty() {
+            c.problems.push("`policy.api_audiences` is empty (and `policy.issuers` gives no default): name the API server's --api-audiences, which callers' own tokens are checked against".into());
+        }
         if let Some(a) = audiences.iter().find(|a| api_audiences.contains(a)) {
             warnings.push(format!(
                 "policy.audiences includes {a:?}, one of the API server's own audiences: tokens meant for the API server will be accepted here"

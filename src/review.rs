@@ -1,0 +1,530 @@
+//! The decision pipeline: token → cache → local checks → upstream → [`Decision`].
+//!
+//! Responsible for: answering "is this token valid for these audiences, and whose is
+//! it?" with as little work as possible. A cache hit costs a keyed hash and a lookup.
+//! On a miss the token is classified and checked locally; a token that cannot be valid
+//! is rejected here with a reason and never reaches the API server; any other goes to
+//! the API server once (concurrent misses share the call), and the answer is checked
+//! before it is believed or cached: a "yes" must be for a requested audience and, for a
+//! service-account JWT, for the service account its claims name.
+//!
+//! Not responsible for: HTTP (see `http`), the wire protocol to the API server (see
+//! `upstream`). A denial is a [`Verdict`], not an error; only "cannot decide now" is an `Err`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::authentication::v1::TokenReviewStatus;
+
+use crate::cache::{Fetched, Purpose, Verdict, VerdictCache};
+use crate::config::{self, Config};
+use crate::token::{self, Classified, Kind, Rejection};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Where time comes from. Injected so tests can move it.
+pub trait Clock: Send + Sync {
+    /// The current time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Where a decision came from (for logs and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Rejected by the local checks; the API server was not asked.
+    Local,
+    /// Served from the cache.
+    Cache,
+    /// Asked of the API server (or joined a call already under way).
+    Upstream,
+}
+
+impl Source {
+    /// A short, fixed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Cache => "cache",
+            Source::Upstream => "upstream",
+        }
+    }
+}
+
+/// A verdict and where it came from.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// The verdict.
+    pub verdict: Arc<Verdict>,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// The pipeline. Share it behind an `Arc`.
+pub struct Reviewer {
+    policy: config::Policy,
+    cache_cfg: config::Cache,
+    cache: Arc<VerdictCache>,
+    upstream: Arc<Upstream>,
+    clock: Arc<dyn Clock>,
+}
+
+/// What the local checks learnt about a token that goes to the API server, to judge
+/// its answer and the verdict's lifetime by.
+#[derive(Clone)]
+struct Expectation {
+    /// For a service-account JWT: the username and service-account UID its claims name.
+    identity: Option<(String, String)>,
+    /// `exp`, when known.
+    expires_at: Option<i64>,
+    /// Whether it is a legacy token (kept only `legacy_ttl`).
+    legacy: bool,
+}
+
+impl Reviewer {
+    /// A pipeline over `upstream` with the configured policy and cache.
+    pub fn new(config: &Config, upstream: Upstream, clock: Arc<dyn Clock>) -> Reviewer {
+        Reviewer {
+            policy: config.policy.clone(),
+            cache_cfg: config.cache.clone(),
+            cache: Arc::new(VerdictCache::new(&config.cache)),
+            upstream: Arc::new(upstream),
+            clock,
+        }
+    }
+
+    /// The audiences a review asks for when it names none.
+    pub fn default_audiences(&self) -> &[String] {
+        &self.policy.audiences
+    }
+
+    /// The API server client (readiness, time budget).
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// The verdict cache.
+    pub fn cache(&self) -> &VerdictCache {
+        &self.cache
+    }
+
+    /// Reviews a workload's token for `audiences` (non-empty: the caller resolves the default).
+    pub async fn review(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<Decision, UpstreamError> {
+        self.decide(token, audiences, Purpose::Review).await
+    }
+
+    /// Authenticates a caller of the TokenReview endpoints as the API server would
+    /// authenticate a request to itself: for its own audiences, legacy tokens included
+    /// (Vault's `token_reviewer_jwt` is often one).
+    pub async fn authenticate_caller(&self, token: &str) -> Result<Decision, UpstreamError> {
+        self.decide(token, &self.policy.api_audiences, Purpose::Caller)
+            .await
+    }
+
+    #[tracing::instrument(skip_all, name = "review")]
+    async fn decide(
+        &self,
+        token: &str,
+        audiences: &[String],
+        purpose: Purpose,
+    ) -> Result<Decision, UpstreamError> {
+        let now = self.clock.now();
+        let key = self.cache.key(token, audiences, purpose);
+        if let Some(verdict) = self.cache.get(&key, now) {
+            return Ok(Decision {
+                verdict,
+                source: Source::Cache,
+            });
+        }
+        let expectation = match self.local_checks(token, audiences, purpose, now) {
+            Ok(e) => e,
+            Err(rejection) => {
+                return Ok(Decision {
+                    verdict: Arc::new(Verdict::denied(rejection.to_string())),
+                    source: Source::Local,
+                });
+            }
+        };
+        let fetch = fetch(
+            Arc::clone(&self.upstream),
+            Arc::clone(&self.clock),
+            token.to_owned(),
+            audiences.to_vec(),
+            self.policy.api_audiences.clone(),
+            self.lifetimes(),
+            expectation,
+        );
+        let verdict = self.cache.get_or_fetch(key, now, fetch).await?;
+        Ok(Decision {
+            verdict,
+            source: Source::Upstream,
+        })
+    }
+
+    /// The API server's rules that need no I/O; `Ok` means "ask the API server".
+    fn local_checks(
+        &self,
+        raw: &str,
+        audiences: &[String],
+        purpose: Purpose,
+        now: SystemTime,
+    ) -> Result<Expectation, Rejection> {
+        let api_audiences = &self.policy.api_audiences;
+        match token::classify(raw, &self.policy.issuers)? {
+            Classified::Foreign(why) => {
+                // Only the API server's other authenticators could know this token, and
+                // they authenticate only for the API server's own audiences.
+                if token::intersect(audiences, api_audiences).is_empty() {
+                    return Err(Rejection::ForeignAudience {
+                        why,
+                        api_audiences: api_audiences.clone(),
+                        requested: audiences.to_vec(),
+                    });
+                }
+                Ok(Expectation {
+                    identity: None,
+                    expires_at: None,
+                    legacy: false,
+                })
+            }
+            Classified::ServiceAccount(t) => {
+                let legacy = t.kind == Kind::Legacy;
+                if legacy && !self.policy.allow_legacy_tokens && purpose == Purpose::Review {
+                    return Err(Rejection::LegacyNotAllowed {
+                        username: t.username(),
+                    });
+                }
+                token::check(&t, audiences, api_audiences, now)?;
+                Ok(Expectation {
+                    identity: Some((t.username(), t.claims.service_account.uid.clone())),
+                    expires_at: t.claims.expires_at,
+                    legacy,
+                })
+            }
+        }
+    }
+
+    fn lifetimes(&self) -> Lifetimes {
+        Lifetimes {
+            max_ttl: self.cache_cfg.max_ttl,
+            negative_ttl: self.cache_cfg.negative_ttl,
+            legacy_ttl: self.policy.legacy_ttl,
+        }
+    }
+}
+
+/// How long each kind of verdict may be kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// Cap on a positive verdict.
+    pub max_ttl: Duration,
+    /// A definitive negative.
+    pub negative_ttl: Duration,
+    /// A legacy token's positive verdict.
+    pub legacy_ttl: Duration,
+}
+
+/// How long a verdict may be cached from `now`: a positive one until the token's `exp`
+/// and never past it, capped by `max_ttl` (`legacy_ttl` for a legacy token); a negative
+/// one `negative_ttl`. Zero means "do not cache" (a token the API server accepted in the
+/// leeway after its `exp`).
+pub fn lifetime(
+    authenticated: bool,
+    expires_at: Option<i64>,
+    legacy: bool,
+    now: SystemTime,
+    l: Lifetimes,
+) -> Duration {
+    if !authenticated {
+        return l.negative_ttl;
+    }
+    let cap = if legacy { l.legacy_ttl } else { l.max_ttl };
+    match expires_at {
+        None => cap,
+        Some(exp) => {
+            let exp = UNIX_EPOCH.checked_add(Duration::from_secs(exp.max(0).unsigned_abs()));
+            let left = exp
+                .and_then(|e| e.duration_since(now).ok())
+                .unwrap_or(Duration::ZERO);
+            left.min(cap)
+        }
+    }
+}
+
+/// The upstream half of a miss, as a `'static` future for the cache to run once.
+fn fetch(
+    upstream: Arc<Upstream>,
+    clock: Arc<dyn Clock>,
+    token: String,
+    audiences: Vec<String>,
+    api_audiences: Vec<String>,
+    lifetimes: Lifetimes,
+    expectation: Expectation,
+) -> impl std::future::Future<Output = Result<Fetched, UpstreamError>> + Send + 'static {
+    async move {
+        let status = upstream.review(&token, &audiences).await.inspect_err(|e| {
+            tracing::warn!(error = %e, "TokenReview to the API server failed");
+        })?;
+        let verdict = judge(status, &expectation, &audiences, &api_audiences).inspect_err(|e| {
+            tracing::warn!(error = %e, "the API server's TokenReview answer was refused");
+        })?;
+        let now = clock.now();
+        let ttl = lifetime(
+            verdict.authenticated,
+            expectation.expires_at,
+            expectation.legacy,
+            now,
+            lifetimes,
+        );
+        Ok(Fetched {
+            verdict: Arc::new(verdict),
+            expires_at: now + ttl,
+            ttl,
+        })
+    }
+}
+
+/// Believes an upstream answer only when it is an answer to this review: a "yes" for a
+/// requested audience and, for a service-account JWT, for its own service account.
+fn judge(
+    status: TokenReviewStatus,
+    expect: &Expectation,
+    requested: &[String],
+    api_audiences: &[String],
+) -> Result<Verdict, UpstreamError> {
+    if status.authenticated != Some(true) {
+        let error = status
+            .error
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| "the API server did not authenticate the token".into());
+        return Ok(Verdict::denied(error));
+    }
+    let audiences = status.audiences.unwrap_or_default();
+    // An empty list means the API server's own audiences (its webhook authenticator reads it so).
+    let effective = if audiences.is_empty() {
+        api_audiences
+    } else {
+        &audiences
+    };
+    if token::intersect(effective, requested).is_empty() {
+        return Err(UpstreamError::BadResponse(format!(
+            "it authenticates the token for audiences {effective:?}, none of which was asked for ({requested:?})"
+        )));
+    }
+    let user = status.user.unwrap_or_default();
+    if let Some((username, uid)) = &expect.identity {
+        let got = user.username.as_deref().unwrap_or_default();
+        if got != username {
+            return Err(UpstreamError::BadResponse(format!(
+                "it names user {got:?}, but the token's claims name {username:?}"
+            )));
+        }
+        if let Some(got_uid) = user.uid.as_deref()
+            && !got_uid.is_empty()
+            && got_uid != uid
+        {
+            return Err(UpstreamError::BadResponse(format!(
+                "it names service-account UID {got_uid:?}, but the token's claims name {uid:?}"
+            )));
+        }
+    }
+    // `status.error` stays empty on a "yes": Vault, Istio and SPIRE take any text as failure.
+    Ok(Verdict {
+        authenticated: true,
+        user: Some(user),
+        audiences,
+        error: String::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::authentication::v1::UserInfo;
+
+    const NOW: u64 = 1_795_860_000;
+
+    fn at(s: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn lifetimes() -> Lifetimes {
+        Lifetimes {
+            max_ttl: Duration::from_secs(120),
+            negative_ttl: Duration::from_secs(10),
+            legacy_ttl: Duration::from_secs(30),
+        }
+    }
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn positive_verdicts_live_until_exp_capped_by_max_ttl() {
+        let exp = (NOW + 3600) as i64;
+        assert_eq!(
+            lifetime(true, Some(exp), false, at(NOW), lifetimes()),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            lifetime(true, Some(exp), false, at(NOW + 3590), lifetimes()),
+            Duration::from_secs(10)
+        );
+        // Accepted by the API server inside its leeway after exp: not cached at all.
+        assert_eq!(
+            lifetime(true, Some(exp), false, at(NOW + 3630), lifetimes()),
+            Duration::ZERO
+        );
+        assert_eq!(
+            lifetime(true, Some(-5), false, at(NOW), lifetimes()),
+            Duration::ZERO
+        );
+        assert_eq!(
+            lifetime(true, Some(i64::MAX), false, at(NOW), lifetimes()),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            lifetime(true, None, false, at(NOW), lifetimes()),
+            Duration::from_secs(120)
+        );
+    }
+
+    #[test]
+    fn legacy_and_negative_verdicts_have_their_own_lifetimes() {
+        assert_eq!(
+            lifetime(true, None, true, at(NOW), lifetimes()),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            lifetime(
+                false,
+                Some((NOW + 3600) as i64),
+                false,
+                at(NOW),
+                lifetimes()
+            ),
+            Duration::from_secs(10)
+        );
+    }
+
+    fn yes(username: &str, uid: &str, audiences: &[&str]) -> TokenReviewStatus {
+        TokenReviewStatus {
+            authenticated: Some(true),
+            audiences: Some(s(audiences)),
+            user: Some(UserInfo {
+                username: Some(username.into()),
+                uid: Some(uid.into()),
+                ..UserInfo::default()
+            }),
+            error: Some("ignored".into()),
+        }
+    }
+
+    fn sa_expectation() -> Expectation {
+        Expectation {
+            identity: Some(("system:serviceaccount:apps:web".into(), "sa-1".into())),
+            expires_at: None,
+            legacy: false,
+        }
+    }
+
+    #[test]
+    fn an_upstream_yes_for_the_right_account_and_audience_is_believed_without_error_text() {
+        let v = judge(
+            yes("system:serviceaccount:apps:web", "sa-1", &["vault"]),
+            &sa_expectation(),
+            &s(&["vault"]),
+            &[],
+        )
+        .unwrap();
+        assert!(v.authenticated);
+        assert!(v.error.is_empty());
+        assert_eq!(v.audiences, s(&["vault"]));
+    }
+
+    #[test]
+    fn an_upstream_yes_for_other_audiences_or_another_account_is_refused() {
+        let e = sa_expectation();
+        assert!(
+            judge(
+                yes("system:serviceaccount:apps:web", "sa-1", &["api"]),
+                &e,
+                &s(&["vault"]),
+                &[]
+            )
+            .is_err()
+        );
+        assert!(
+            judge(
+                yes("system:serviceaccount:apps:other", "sa-1", &["vault"]),
+                &e,
+                &s(&["vault"]),
+                &[]
+            )
+            .is_err()
+        );
+        assert!(
+            judge(
+                yes("system:serviceaccount:apps:web", "sa-2", &["vault"]),
+                &e,
+                &s(&["vault"]),
+                &[]
+            )
+            .is_err()
+        );
+        // No audiences in the answer: the API server's own, which were not asked for here.
+        assert!(
+            judge(
+                yes("system:serviceaccount:apps:web", "sa-1", &[]),
+                &e,
+                &s(&["vault"]),
+                &s(&["https://k"])
+            )
+            .is_err()
+        );
+        assert!(
+            judge(
+                yes("system:serviceaccount:apps:web", "sa-1", &[]),
+                &e,
+                &s(&["https://k"]),
+                &s(&["https://k"])
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_upstream_no_keeps_its_reason_or_gets_one() {
+        let no = TokenReviewStatus {
+            authenticated: Some(false),
+            error: Some("pods \"web-0\" not found".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            judge(no, &sa_expectation(), &s(&["vault"]), &[])
+                .unwrap()
+                .error,
+            "pods \"web-0\" not found"
+        );
+        let silent = TokenReviewStatus::default();
+        assert_eq!(
+            judge(silent, &sa_expectation(), &s(&["vault"]), &[])
+                .unwrap()
+                .error,
+            "the API server did not authenticate the token"
+        );
+    }
+}
