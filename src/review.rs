@@ -264,7 +264,7 @@ pub fn lifetime(
 }
 
 /// The upstream half of a miss, as a `'static` future for the cache to run once.
-fn fetch(
+async fn fetch(
     upstream: Arc<Upstream>,
     clock: Arc<dyn Clock>,
     token: String,
@@ -272,28 +272,26 @@ fn fetch(
     api_audiences: Vec<String>,
     lifetimes: Lifetimes,
     expectation: Expectation,
-) -> impl std::future::Future<Output = Result<Fetched, UpstreamError>> + Send + 'static {
-    async move {
-        let status = upstream.review(&token, &audiences).await.inspect_err(|e| {
-            tracing::warn!(error = %e, "TokenReview to the API server failed");
-        })?;
-        let verdict = judge(status, &expectation, &audiences, &api_audiences).inspect_err(|e| {
-            tracing::warn!(error = %e, "the API server's TokenReview answer was refused");
-        })?;
-        let now = clock.now();
-        let ttl = lifetime(
-            verdict.authenticated,
-            expectation.expires_at,
-            expectation.legacy,
-            now,
-            lifetimes,
-        );
-        Ok(Fetched {
-            verdict: Arc::new(verdict),
-            expires_at: now + ttl,
-            ttl,
-        })
-    }
+) -> Result<Fetched, UpstreamError> {
+    let status = upstream.review(&token, &audiences).await.inspect_err(|e| {
+        tracing::warn!(error = %e, "TokenReview to the API server failed");
+    })?;
+    let verdict = judge(status, &expectation, &audiences, &api_audiences).inspect_err(|e| {
+        tracing::warn!(error = %e, "the API server's TokenReview answer was refused");
+    })?;
+    let now = clock.now();
+    let ttl = lifetime(
+        verdict.authenticated,
+        expectation.expires_at,
+        expectation.legacy,
+        now,
+        lifetimes,
+    );
+    Ok(Fetched {
+        verdict: Arc::new(verdict),
+        expires_at: now + ttl,
+        ttl,
+    })
 }
 
 /// Believes an upstream answer only when it is an answer to this review: a "yes" for a
