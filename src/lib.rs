@@ -12,6 +12,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod http;
 pub mod review;
 pub mod sim;
 pub mod token;

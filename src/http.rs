@@ -1,0 +1,291 @@
+//! The HTTP surface: the axum router, its middleware stack, and the one place where
+//! errors become responses.
+//!
+//! Responsible for: the TokenReview endpoints (`POST /review`,
+//! `POST /apis/authentication.k8s.io/{v1,v1beta1}/tokenreviews`) answered exactly as the
+//! API server answers (201, `spec` echoed, `status` always present, the request's own
+//! API version back), caller authentication and authorization on them, `/healthz` and
+//! `/readyz`, and the limits that protect the process (body size, concurrency, time).
+//!
+//! Not responsible for: deciding anything about a token (see `review`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Status};
+use serde::Deserialize;
+use tower::ServiceBuilder;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Access;
+use crate::review::{Decision, Reviewer};
+use crate::upstream::UpstreamError;
+
+/// The largest request body read (a TokenReview is about 1–2 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Requests handled at once; past it, 503 at once (load shedding, not queueing).
+pub const MAX_CONCURRENT_REQUESTS: usize = 4096;
+
+const V1: &str = "authentication.k8s.io/v1";
+const V1BETA1: &str = "authentication.k8s.io/v1beta1";
+
+/// What the handlers share.
+pub struct AppState {
+    /// The decision pipeline.
+    pub reviewer: Arc<Reviewer>,
+    /// Who may call the TokenReview endpoints.
+    pub access: Access,
+}
+
+/// The router with its middleware stack. Tests drive it directly.
+pub fn router(state: Arc<AppState>) -> Router {
+    let budget = state.reviewer.upstream().timeout() + Duration::from_secs(1);
+    Router::new()
+        .route("/review", post(token_review))
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            post(token_review),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1beta1/tokenreviews",
+            post(token_review),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+        // Outermost first.
+        .layer(
+            ServiceBuilder::new()
+                // One span per request: method, path, status, latency. Never headers (tokens).
+                .layer(TraceLayer::new_for_http())
+                // The layers below fail with errors (overload, timeout); answer them as 503.
+                .layer(HandleErrorLayer::new(|e: tower::BoxError| async move {
+                    ApiError::Overloaded(e.to_string())
+                }))
+                // Refuse, rather than queue, requests past the concurrency bound.
+                .load_shed()
+                .concurrency_limit(MAX_CONCURRENT_REQUESTS)
+                // No request outlives the upstream budget by much, whatever happens below.
+                .timeout(budget),
+        )
+        // Bodies larger than a TokenReview can be are refused with 413 before they are read.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.reviewer.upstream().is_ready() {
+        "ok\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the API server has not answered a TokenReview yet\n",
+        )
+            .into_response()
+    }
+}
+
+/// A TokenReview as callers send it: either API version, `kind` checked by hand.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewRequest {
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    spec: TokenReviewSpec,
+}
+
+async fn token_review(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize_caller(&state, &headers).await?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+        _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
+    })?;
+    let request: ReviewRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not a TokenReview: {e}")))?;
+    let api_version = match request.api_version.as_deref() {
+        None | Some(V1) => V1,
+        Some(V1BETA1) => V1BETA1,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "apiVersion {other:?} is not served here; use {V1:?} or {V1BETA1:?}"
+            )));
+        }
+    };
+    if let Some(kind) = request.kind.as_deref().filter(|k| *k != "TokenReview") {
+        return Err(ApiError::BadRequest(format!(
+            "kind {kind:?} is not a TokenReview"
+        )));
+    }
+    let token = request.spec.token.as_deref().unwrap_or_default();
+    if token.is_empty() {
+        return Err(ApiError::BadRequest(
+            "token is required for TokenReview in authentication".into(),
+        ));
+    }
+    let requested = request
+        .spec
+        .audiences
+        .as_deref()
+        .filter(|a| !a.is_empty())
+        .unwrap_or(state.reviewer.default_audiences());
+    let decision = state.reviewer.review(token, requested).await?;
+    tracing::debug!(
+        source = decision.source.as_str(),
+        authenticated = decision.verdict.authenticated,
+        "token reviewed"
+    );
+    Ok(review_response(api_version, request.spec, &decision))
+}
+
+/// The caller's own token goes through the same pipeline, for the API server's audiences;
+/// then the allow-list decides.
+async fn authorize_caller(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = bearer(headers) else {
+        return Err(ApiError::Unauthorized);
+    };
+    let decision = state.reviewer.authenticate_caller(token).await?;
+    if !decision.verdict.authenticated {
+        return Err(ApiError::Unauthorized);
+    }
+    let user = decision.verdict.user.clone().unwrap_or_default();
+    let username = user.username.unwrap_or_default();
+    if state
+        .access
+        .allows(&username, user.groups.as_deref().unwrap_or_default())
+    {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "tokenreviews.authentication.k8s.io is forbidden: User {username:?} cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope (not in access.review_callers)"
+        )))
+    }
+}
+
+/// The token of an `Authorization: Bearer` header (scheme case-insensitive, as RFC 6750).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn review_response(api_version: &str, spec: TokenReviewSpec, decision: &Decision) -> Response {
+    let v = &decision.verdict;
+    let review = TokenReview {
+        metadata: ObjectMeta::default(),
+        spec,
+        status: Some(TokenReviewStatus {
+            authenticated: Some(v.authenticated),
+            // The API server always sends `user`, empty when unauthenticated.
+            user: Some(v.user.clone().unwrap_or_default()),
+            audiences: (!v.audiences.is_empty()).then(|| v.audiences.clone()),
+            error: (!v.error.is_empty()).then(|| v.error.clone()),
+        }),
+    };
+    let body = if api_version == V1 {
+        serde_json::to_vec(&review)
+    } else {
+        let mut value = serde_json::to_value(&review).expect("a TokenReview serialises");
+        value["apiVersion"] = api_version.into();
+        serde_json::to_vec(&value)
+    }
+    .expect("a TokenReview serialises");
+    json_response(StatusCode::CREATED, body)
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Every way a request fails, answered as a Kubernetes `Status`. The one mapping from
+/// errors to responses; its messages never carry a token or an internal detail beyond
+/// what the operator needs.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or invalid caller credential.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// The caller may not review tokens.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is not a well-formed TokenReview.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is larger than [`MAX_BODY_BYTES`].
+    #[error("the request body is larger than {MAX_BODY_BYTES} bytes; a TokenReview is far smaller")]
+    TooLarge,
+    /// The API server could not answer; the token's fate is unknown.
+    #[error("cannot review the token now: {0}")]
+    Upstream(#[from] UpstreamError),
+    /// Too many requests at once, or the request ran out of time.
+    #[error("tokengate is overloaded or timed out: {0}")]
+    Overloaded(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, reason) = match &self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
+            ApiError::Upstream(_) | ApiError::Overloaded(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            }
+        };
+        let status = Status {
+            code: Some(i32::from(code.as_u16())),
+            message: Some(self.to_string()),
+            reason: Some(reason.into()),
+            status: Some("Failure".into()),
+            ..Status::default()
+        };
+        let mut response = json_response(
+            code,
+            serde_json::to_vec(&status).expect("a Status serialises"),
+        );
+        if code == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
