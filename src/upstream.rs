@@ -204,6 +204,22 @@ impl Upstream {
         self.timeout
     }
 
+    /// Asks the API server about a token that cannot be valid until it answers, with
+    /// growing pauses up to `max_pause`: this closes the readiness latch at start, and
+    /// tells the operator (in the log) what is wrong while it cannot.
+    pub async fn probe_until_ready(&self, max_pause: Duration) {
+        const PROBE: &str = "tokengate-readiness-probe";
+        let mut pause = Duration::from_millis(200);
+        while !self.is_ready() {
+            if let Err(e) = self.review(PROBE, &[PROBE.to_string()]).await {
+                tracing::warn!(error = %e, "not ready: the API server has not answered yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(max_pause);
+            }
+        }
+        tracing::info!("ready: the API server answers TokenReviews");
+    }
+
     /// Sends a TokenReview for `token` with `audiences`; returns the API server's status.
     #[tracing::instrument(skip_all, name = "upstream.review")]
     pub async fn review(
