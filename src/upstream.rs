@@ -15,7 +15,6 @@
 use std::io;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -117,7 +116,7 @@ pub struct Upstream {
     limit: Arc<Semaphore>,
     max_in_flight: usize,
     timeout: Duration,
-    ready: AtomicBool,
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl Upstream {
@@ -190,13 +189,20 @@ impl Upstream {
             limit: Arc::new(Semaphore::new(cfg.max_in_flight)),
             max_in_flight: cfg.max_in_flight,
             timeout: cfg.timeout,
-            ready: AtomicBool::new(false),
+            ready: tokio::sync::watch::Sender::new(false),
         })
     }
 
     /// Whether the API server has answered a TokenReview since start (the readiness latch).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        *self.ready.borrow()
+    }
+
+    /// Completes once the API server has answered a TokenReview.
+    pub async fn wait_ready(&self) {
+        let mut ready = self.ready.subscribe();
+        // The sender lives as long as `self`, so this cannot fail while we borrow it.
+        let _ = ready.wait_for(|r| *r).await;
     }
 
     /// The review's time budget.
@@ -248,7 +254,7 @@ impl Upstream {
             let (error, retry_after) = match attempt {
                 Err(_) => return Err(UpstreamError::Timeout(self.timeout)),
                 Ok(Ok(Answer::Review(status))) => {
-                    self.ready.store(true, Ordering::Relaxed);
+                    self.ready.send_if_modified(|r| !std::mem::replace(r, true));
                     return Ok(status);
                 }
                 Ok(Ok(Answer::Unauthorized)) if !reread_credential => {

@@ -1,1 +1,7 @@
+//! End-to-end tests: a real gate on a loopback port in front of a real simulated API
+//! server, driven over real sockets, plus the real clients (kubectl, the Python
+//! `kubernetes` client) and the real binary. One test binary keeps link time down.
 
+mod clients;
+mod gate;
+mod support;

@@ -1,0 +1,101 @@
+//! Real clients nobody here wrote, against the gate: kubectl and the Python `kubernetes`
+//! client, each posting a TokenReview to the gate as it would to an API server.
+
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use crate::support::*;
+
+/// A kubeconfig that points a client at the gate with the reviewer's credential.
+fn kubeconfig(gate: &TestGate) -> std::path::PathBuf {
+    let path = gate.files().join("gate.kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: gate\n  cluster:\n    server: {}\ncontexts:\n- name: gate\n  context:\n    cluster: gate\n    user: reviewer\ncurrent-context: gate\nusers:\n- name: reviewer\n  user:\n    token: {}\n",
+        gate.url,
+        gate.sim.reviewer_token()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{what} could not be started ({e}); run the README's test command, which installs it"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_raw_token_review_gets_the_api_servers_answer() {
+    let gate = spawn_gate(&[]).await;
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    let review = gate.files().join("review.json");
+    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}});
+    std::fs::write(&review, body.to_string()).unwrap();
+    let out = run(
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig(&gate))
+            .args(["create", "--raw", "/apis/authentication.k8s.io/v1/tokenreviews", "-f"])
+            .arg(&review),
+        "kubectl",
+    )
+    .await;
+    let answer: Value = serde_json::from_str(&out).expect("kubectl prints the TokenReview");
+    assert_eq!(answer["kind"], "TokenReview");
+    assert_eq!(answer["status"]["authenticated"], true, "{answer}");
+    assert_eq!(answer["status"]["user"]["username"], "system:serviceaccount:apps:web");
+}
+
+const PYTHON_CLIENT: &str = r#"
+import json, sys
+from kubernetes import client
+cfg = client.Configuration()
+cfg.host = sys.argv[1]
+cfg.api_key = {"authorization": "Bearer " + sys.argv[2]}
+api = client.AuthenticationV1Api(client.ApiClient(cfg))
+for token, audiences in json.loads(sys.stdin.read()):
+    spec = client.V1TokenReviewSpec(token=token, audiences=audiences or None)
+    review = api.create_token_review(client.V1TokenReview(spec=spec))
+    print(json.dumps(client.ApiClient(cfg).sanitize_for_serialization(review.status)))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_kubernetes_client_create_token_review_works_against_the_gate() {
+    let gate = spawn_gate(&[]).await;
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    let input = json!([[token, null], [token, ["payments"]]]).to_string();
+    let mut child = Command::new("python3")
+        .args(["-c", PYTHON_CLIENT, &gate.url, &gate.sim.reviewer_token()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 starts");
+    use tokio::io::AsyncWriteExt as _;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "the Python kubernetes client failed (the README's test command installs it):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["authenticated"], true, "{}", lines[0]);
+    assert_eq!(lines[0]["user"]["username"], "system:serviceaccount:apps:web");
+    assert_eq!(lines[1]["authenticated"], false);
+    assert!(lines[1]["error"].as_str().unwrap().contains(r#"["payments"]"#));
+}

@@ -1,0 +1,165 @@
+//! The one way tests start things: `spawn_gate()` (a sim and a gate in front of it, both
+//! on port 0) and a small HTTP client.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tokengate::sim::{MintRequest, Sim, SimOptions};
+
+/// A running sim and a gate in front of it; both stop when this is dropped.
+pub struct TestGate {
+    pub sim: Sim,
+    pub addr: SocketAddr,
+    pub url: String,
+    pub state: Arc<tokengate::AppState>,
+    pub dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The sim's reviewer identity, which the gate's config allows to call it.
+pub const REVIEWER: &str = "system:serviceaccount:tokengate:tokengate-reviewer";
+
+/// Starts a sim and a gate in front of it, with the gate's config overridden by
+/// `env` (`TOKENGATE_…` pairs, exactly as an operator would set them).
+pub async fn spawn_gate(env: &[(&str, &str)]) -> TestGate {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start(SimOptions {
+        out_dir: Some(dir.path().to_path_buf()),
+        ..SimOptions::default()
+    })
+    .await
+    .expect("the sim starts");
+    spawn_gate_for(sim, dir, env).await
+}
+
+/// Starts a gate in front of an already running sim whose files are in `dir`.
+pub async fn spawn_gate_for(sim: Sim, dir: tempfile::TempDir, env: &[(&str, &str)]) -> TestGate {
+    let text = tokengate::cli::dev_config(
+        "127.0.0.1:0".parse().unwrap(),
+        &sim.url(),
+        dir.path(),
+        sim.issuer(),
+    );
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let config = tokengate::config::from_str(&text, env).expect("a valid test config");
+    let state = tokengate::build(&config).await.expect("the gate builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(tokengate::run(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let gate = TestGate {
+        sim,
+        addr,
+        url: format!("http://{addr}"),
+        state,
+        dir,
+        _stop: stop,
+    };
+    gate.wait_ready().await;
+    gate
+}
+
+impl TestGate {
+    /// Waits for the readiness latch (the probe's first answer from the sim), bounded.
+    pub async fn wait_ready(&self) {
+        let ready = self.state.reviewer.upstream().wait_ready();
+        tokio::time::timeout(std::time::Duration::from_secs(10), ready)
+            .await
+            .expect("the gate becomes ready within 10s");
+    }
+
+    /// Creates service account `ns/name`, a pod `name-0` for it, and mints a pod-bound
+    /// token for `audiences`, valid one hour.
+    pub fn workload_token(&self, ns: &str, name: &str, audiences: &[&str]) -> String {
+        self.sim.create_service_account(ns, name);
+        self.sim.create_pod(ns, &format!("{name}-0"), name);
+        self.mint(ns, name, audiences, Some(&format!("{name}-0")))
+    }
+
+    /// Mints a token for an existing service account (and pod).
+    pub fn mint(&self, ns: &str, name: &str, audiences: &[&str], pod: Option<&str>) -> String {
+        self.sim
+            .mint(&MintRequest {
+                namespace: ns.into(),
+                service_account: name.into(),
+                audiences: audiences.iter().map(|a| a.to_string()).collect(),
+                expiration_seconds: Some(3600),
+                pod: pod.map(str::to_owned),
+            })
+            .expect("the sim mints")
+    }
+
+    /// POSTs a v1 TokenReview for `token` (with `audiences`, when given) as the reviewer.
+    pub async fn review(&self, token: &str, audiences: Option<&[&str]>) -> (StatusCode, Value) {
+        let mut spec = json!({ "token": token });
+        if let Some(a) = audiences {
+            spec["audiences"] = json!(a);
+        }
+        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec});
+        self.post("/review", Some(&self.sim.reviewer_token()), body.to_string()).await
+    }
+
+    /// POSTs a raw body to `path` with an optional bearer token.
+    pub async fn post(&self, path: &str, bearer: Option<&str>, body: String) -> (StatusCode, Value) {
+        send(Method::POST, &format!("{}{path}", self.url), bearer, body).await
+    }
+
+    /// The sim's TokenReview counter.
+    pub fn upstream_calls(&self) -> u64 {
+        self.sim.reviews_served()
+    }
+
+    /// The directory with the sim's files (ca.crt, reviewer.token, kubeconfig).
+    pub fn files(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// `status.authenticated` of a TokenReview answer.
+pub fn authenticated(review: &Value) -> bool {
+    review["status"]["authenticated"].as_bool().expect("status.authenticated is present")
+}
+
+/// `status.error` of a TokenReview answer ("" when absent).
+pub fn error(review: &Value) -> String {
+    review["status"]["error"].as_str().unwrap_or_default().to_string()
+}
+
+/// GET, answer as text.
+pub async fn get(url: &str) -> (StatusCode, String) {
+    let (status, body) = raw(Method::GET, url, None, String::new()).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Sends a request; the answer's body as JSON (Null when it is not JSON).
+pub async fn send(method: Method, url: &str, bearer: Option<&str>, body: String) -> (StatusCode, Value) {
+    let (status, bytes) = raw(method, url, bearer, body).await;
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+async fn raw(method: Method, url: &str, bearer: Option<&str>, body: String) -> (StatusCode, Bytes) {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::builder().method(method).uri(url).header("content-type", "application/json");
+    if let Some(token) = bearer {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = client.request(request.body(Full::new(Bytes::from(body))).unwrap()).await.expect("the gate answers");
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, bytes)
+}
+
+/// The built `tokengate` binary.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tokengate"))
+}
