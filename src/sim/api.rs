@@ -1,0 +1,788 @@
+//! The sim's HTTP surface: the axum router and its handlers.
+//!
+//! Responsible for: the API server's endpoints the gate and its tests use (TokenReview
+//! v1 and v1beta1, TokenRequest, OIDC discovery and JWKS, pods and service accounts),
+//! caller authentication (a bearer token the sim itself issued) and authorization (the
+//! RBAC table, for tokenreviews), request decoding with `Status` errors, and the test
+//! knobs under `/sim/`. Every failure is an [`ApiError`], rendered as a `Status` body.
+//!
+//! Not responsible for: the authenticator's rules (see `review`), TokenRequest rules and
+//! shared state (see `cluster`), connections (see `server`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
+use k8s_openapi::{List, ListableResource};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::cluster::Cluster;
+use super::knobs::Failure;
+use super::review::{Authenticated, review_status};
+use super::server::KillSwitch;
+use super::status::ApiError;
+use super::store::Stored;
+
+/// The API group of TokenReview.
+const AUTHENTICATION_GROUP: &str = "authentication.k8s.io";
+
+/// The sim's routes over `cluster`.
+pub(crate) fn router(cluster: Arc<Cluster>) -> Router {
+    let ns = "/api/v1/namespaces/{ns}";
+    Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/openid/v1/jwks", get(jwks))
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            post(token_review_v1),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1beta1/tokenreviews",
+            post(token_review_v1beta1),
+        )
+        .route(
+            &format!("{ns}/serviceaccounts/{{name}}/token"),
+            post(token_request),
+        )
+        .route(
+            &format!("{ns}/serviceaccounts"),
+            get(list::<ServiceAccount>).post(create::<ServiceAccount>),
+        )
+        .route(
+            &format!("{ns}/serviceaccounts/{{name}}"),
+            get(get_one::<ServiceAccount>).delete(delete_service_account),
+        )
+        .route(&format!("{ns}/pods"), get(list::<Pod>).post(create_pod))
+        .route(
+            &format!("{ns}/pods/{{name}}"),
+            get(get_one::<Pod>).delete(delete_pod),
+        )
+        .route("/api/v1/serviceaccounts", get(list_all::<ServiceAccount>))
+        .route("/api/v1/pods", get(list_all::<Pod>))
+        .route("/sim/fail", post(knob_fail))
+        .route("/sim/latency", post(knob_latency))
+        .route("/sim/rotate", post(knob_rotate))
+        .route("/sim/stats", get(knob_stats))
+        .fallback(|| async { ApiError::no_route() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(cluster)
+}
+
+type Shared = State<Arc<Cluster>>;
+
+// ---------------------------------------------------------------------------------------
+// Caller authentication and request decoding
+
+/// The bearer token of a request, read as the API server's bearer-token authenticator
+/// reads it: trimmed, `Bearer` in any case, the second space-separated word.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let mut parts = value.split(' ');
+    let scheme = parts.next()?;
+    let token = parts.next()?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Authenticates the caller with a token the sim issued, for the API audiences.
+/// Anonymous requests are refused (the sim runs with `--anonymous-auth=false`).
+fn caller(cluster: &Cluster, headers: &HeaderMap) -> Result<Authenticated, ApiError> {
+    let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
+    cluster
+        .authenticate(token, &[], SystemTime::now())
+        .map_err(|_| ApiError::unauthorized())
+}
+
+/// Decodes a request body as `T`, accepting `apiVersion` `api_version` (or none) and
+/// `kind` `T::KIND` (or none), with the API server's `BadRequest` wording on failure.
+fn decode<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    api_version: &str,
+    kind: &str,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let mut value: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
+    })?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(ApiError::bad_request(
+            "couldn't get version/kind; json parse error: not a JSON object",
+        ));
+    };
+    if let Some(got) = object.remove("apiVersion")
+        && got.as_str() != Some(api_version)
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({}) does not match the expected API version ({api_version})",
+            got.as_str().unwrap_or_default()
+        )));
+    }
+    if let Some(got) = object.remove("kind")
+        && got.as_str() != Some(kind)
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({}) does not match the expected kind ({kind})",
+            got.as_str().unwrap_or_default()
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{kind} in version \"{}\" cannot be handled as a {kind}: {e}",
+            api_version.rsplit('/').next().unwrap_or(api_version)
+        ))
+    })
+}
+
+fn json_response(code: StatusCode, value: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (code, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(_) => ApiError::bad_request("the object could not be encoded").into_response(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// OIDC discovery
+
+async fn discovery(State(cluster): Shared) -> Response {
+    let doc = json!({
+        "issuer": cluster.issuer,
+        "jwks_uri": format!("{}/openid/v1/jwks", cluster.url),
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+    });
+    cacheable("application/json", &doc)
+}
+
+async fn jwks(State(cluster): Shared) -> Response {
+    cacheable("application/jwk-set+json", &cluster.keys.jwks())
+}
+
+/// The API server serves both discovery documents with an hour's public caching.
+fn cacheable(content_type: &'static str, doc: &Value) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        doc.to_string(),
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------
+// TokenReview
+
+async fn token_review_v1(
+    State(cluster): Shared,
+    kill: Option<Extension<KillSwitch>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    token_review(cluster, kill.map(|Extension(k)| k), headers, body, "v1").await
+}
+
+async fn token_review_v1beta1(
+    State(cluster): Shared,
+    kill: Option<Extension<KillSwitch>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    token_review(
+        cluster,
+        kill.map(|Extension(k)| k),
+        headers,
+        body,
+        "v1beta1",
+    )
+    .await
+}
+
+/// `POST /apis/authentication.k8s.io/{version}/tokenreviews`: knobs first (latency, an
+/// injected failure), then caller authentication and authorization, then the review.
+async fn token_review(
+    cluster: Arc<Cluster>,
+    kill: Option<KillSwitch>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    version: &str,
+) -> Response {
+    cluster.knobs.count_review();
+    let latency = cluster.knobs.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some(failure) = cluster.knobs.take_failure() {
+        return failure.respond(kill).await;
+    }
+    match review(&cluster, &headers, body, version) {
+        Ok(review) => json_response(StatusCode::CREATED, &review),
+        Err(err) => err.into_response(),
+    }
+}
+
+fn review(
+    cluster: &Cluster,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    version: &str,
+) -> Result<Value, ApiError> {
+    let user = caller(cluster, headers)?;
+    if !cluster.store().may_review(user.username()) {
+        return Err(ApiError::forbidden(
+            user.username(),
+            "create",
+            "tokenreviews",
+            AUTHENTICATION_GROUP,
+        ));
+    }
+    let api_version = format!("{AUTHENTICATION_GROUP}/{version}");
+    let mut review: TokenReview = decode(body, &api_version, "TokenReview")?;
+    let token = review.spec.token.as_deref().unwrap_or_default();
+    if token.is_empty() {
+        return Err(ApiError::bad_request(
+            "token is required for TokenReview in authentication",
+        ));
+    }
+    let requested = review.spec.audiences.clone().unwrap_or_default();
+    let outcome = cluster.authenticate(token, &requested, SystemTime::now());
+    review.status = Some(review_status(outcome));
+    let mut value = serde_json::to_value(&review)
+        .map_err(|_| ApiError::bad_request("the review could not be encoded"))?;
+    // v1beta1 has the same shape; only the version differs.
+    value["apiVersion"] = Value::String(api_version);
+    Ok(value)
+}
+
+// ---------------------------------------------------------------------------------------
+// TokenRequest
+
+async fn token_request(
+    State(cluster): Shared,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller(&cluster, &headers)?;
+    let request: TokenRequest = decode(body, "authentication.k8s.io/v1", "TokenRequest")?;
+    if let Some(body_name) = request.metadata.name.as_deref().filter(|n| !n.is_empty())
+        && body_name != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "metadata.name: Invalid value: {body_name:?}: must match the service account name if specified"
+        )));
+    }
+    let minted = cluster.token_request(&ns, &name, &request.spec, SystemTime::now())?;
+    Ok(json_response(StatusCode::CREATED, &minted))
+}
+
+// ---------------------------------------------------------------------------------------
+// Pods and service accounts
+
+async fn create<T>(
+    State(cluster): Shared,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError>
+where
+    T: Stored + DeserializeOwned + serde::Serialize,
+{
+    caller(&cluster, &headers)?;
+    let obj: T = decode(body, T::API_VERSION, T::KIND)?;
+    let created = cluster.store().create(&ns, obj, SystemTime::now())?;
+    Ok(json_response(StatusCode::CREATED, &created))
+}
+
+/// Pod creation, with what the ServiceAccount admission plugin adds: the default
+/// `serviceAccountName`, and a refusal when that account does not exist (the namespace's
+/// `default` account is created on first use, as its controller would have).
+async fn create_pod(
+    State(cluster): Shared,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    caller(&cluster, &headers)?;
+    let mut pod: Pod = decode(body, "v1", "Pod")?;
+    let spec = pod.spec.get_or_insert_with(Default::default);
+    let sa = spec
+        .service_account_name
+        .get_or_insert_with(|| "default".to_owned())
+        .clone();
+    let now = SystemTime::now();
+    if sa == "default" {
+        cluster.ensure_service_account(&ns, "default", now);
+    }
+    let mut store = cluster.store();
+    if store.get::<ServiceAccount>(&ns, &sa).is_err() {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        return Err(ApiError {
+            code: StatusCode::FORBIDDEN,
+            reason: "Forbidden",
+            message: format!(
+                "pods \"{name}\" is forbidden: error looking up service account {ns}/{sa}: serviceaccount \"{sa}\" not found"
+            ),
+            details: None,
+        });
+    }
+    let created = store.create(&ns, pod, now)?;
+    drop(store);
+    Ok(json_response(StatusCode::CREATED, &created))
+}
+
+async fn get_one<T>(
+    State(cluster): Shared,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError>
+where
+    T: Stored + serde::Serialize,
+{
+    caller(&cluster, &headers)?;
+    let obj = cluster.store().get::<T>(&ns, &name)?.clone();
+    Ok(json_response(StatusCode::OK, &obj))
+}
+
+async fn list<T>(
+    State(cluster): Shared,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError>
+where
+    T: Stored + ListableResource + serde::Serialize,
+{
+    caller(&cluster, &headers)?;
+    Ok(list_response::<T>(&cluster, Some(&ns)))
+}
+
+async fn list_all<T>(State(cluster): Shared, headers: HeaderMap) -> Result<Response, ApiError>
+where
+    T: Stored + ListableResource + serde::Serialize,
+{
+    caller(&cluster, &headers)?;
+    Ok(list_response::<T>(&cluster, None))
+}
+
+fn list_response<T>(cluster: &Cluster, ns: Option<&str>) -> Response
+where
+    T: Stored + ListableResource + serde::Serialize,
+{
+    let list = {
+        let store = cluster.store();
+        List::<T> {
+            items: store.list::<T>(ns),
+            metadata: ListMeta {
+                resource_version: Some(store.resource_version().to_string()),
+                ..ListMeta::default()
+            },
+        }
+    };
+    json_response(StatusCode::OK, &list)
+}
+
+async fn delete_service_account(
+    State(cluster): Shared,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller(&cluster, &headers)?;
+    let deleted = cluster.store().delete_service_account(&ns, &name)?;
+    Ok(json_response(StatusCode::OK, &deleted))
+}
+
+async fn delete_pod(
+    State(cluster): Shared,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller(&cluster, &headers)?;
+    let deleted = cluster.store().delete::<Pod>(&ns, &name)?;
+    Ok(json_response(StatusCode::OK, &deleted))
+}
+
+// ---------------------------------------------------------------------------------------
+// Test knobs (unauthenticated: the sim is a test double)
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailKnob {
+    #[serde(default = "one")]
+    count: u32,
+    kind: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn knob_fail(
+    State(cluster): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let knob: FailKnob = knob_body(body)?;
+    let failure = Failure::parse(&knob.kind).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown failure kind {:?}: expected a status code (500, 503, 429, 504, …), \"hang\", \"reset\" or \"bad-json\"",
+            knob.kind
+        ))
+    })?;
+    cluster.knobs.fail_next(knob.count, failure);
+    Ok(Json(json!({"queued": knob.count, "kind": knob.kind})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatencyKnob {
+    millis: u64,
+}
+
+async fn knob_latency(
+    State(cluster): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let knob: LatencyKnob = knob_body(body)?;
+    cluster
+        .knobs
+        .set_latency(Duration::from_millis(knob.millis));
+    Ok(Json(json!({"millis": knob.millis})).into_response())
+}
+
+async fn knob_rotate(State(cluster): Shared) -> Result<Response, ApiError> {
+    let kid = cluster
+        .keys
+        .rotate()
+        .map_err(|_| ApiError::bad_request("could not generate a new signing key"))?;
+    Ok(Json(json!({"kid": kid})).into_response())
+}
+
+async fn knob_stats(State(cluster): Shared) -> Response {
+    let mut response = Json(json!({"tokenreviews": cluster.knobs.reviews()})).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn knob_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid knob: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+    fn cluster() -> Arc<Cluster> {
+        let cluster = Cluster::new(
+            ISSUER.into(),
+            vec![ISSUER.into()],
+            "https://127.0.0.1:1".into(),
+        )
+        .expect("cluster");
+        Arc::new(cluster)
+    }
+
+    fn reviewer(cluster: &Cluster) -> String {
+        let now = SystemTime::now();
+        cluster.ensure_service_account("tokengate", "reviewer", now);
+        cluster
+            .store()
+            .allow_reviewer("system:serviceaccount:tokengate:reviewer");
+        let spec = Default::default();
+        cluster
+            .token_request("tokengate", "reviewer", &spec, now)
+            .expect("token")
+            .status
+            .expect("status")
+            .token
+    }
+
+    async fn call(
+        cluster: &Arc<Cluster>,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Body::from(body.to_string())).expect("request");
+        let response = router(Arc::clone(cluster))
+            .oneshot(request)
+            .await
+            .expect("response");
+        let code = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    fn review_body(token: &str, audiences: &[&str]) -> Value {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+               "spec": {"token": token, "audiences": audiences}})
+    }
+
+    #[tokio::test]
+    async fn token_review_answers_201_with_spec_echoed_and_status() {
+        let c = cluster();
+        let auth = reviewer(&c);
+        let uri = "/apis/authentication.k8s.io/v1/tokenreviews";
+        let (code, json) = call(&c, "POST", uri, Some(&auth), review_body(&auth, &[])).await;
+        assert_eq!(code, StatusCode::CREATED);
+        assert_eq!(json["apiVersion"], "authentication.k8s.io/v1");
+        assert_eq!(json["kind"], "TokenReview");
+        assert_eq!(json["spec"]["token"], auth.as_str());
+        assert_eq!(json["status"]["authenticated"], true);
+        assert_eq!(json["status"]["audiences"], json!([ISSUER]));
+        assert!(json["status"].get("error").is_none());
+
+        let (code, json) = call(&c, "POST", uri, Some(&auth), review_body("garbage", &[])).await;
+        assert_eq!(code, StatusCode::CREATED);
+        assert_eq!(
+            json["status"],
+            json!({"user": {}, "error": "invalid bearer token"})
+        );
+        assert_eq!(c.knobs.reviews(), 2);
+    }
+
+    #[tokio::test]
+    async fn v1beta1_reviews_are_answered_in_v1beta1() {
+        let c = cluster();
+        let auth = reviewer(&c);
+        let body = json!({"apiVersion": "authentication.k8s.io/v1beta1", "kind": "TokenReview",
+                          "spec": {"token": auth}});
+        let uri = "/apis/authentication.k8s.io/v1beta1/tokenreviews";
+        let (code, json) = call(&c, "POST", uri, Some(&auth), body).await;
+        assert_eq!(code, StatusCode::CREATED);
+        assert_eq!(json["apiVersion"], "authentication.k8s.io/v1beta1");
+        assert_eq!(json["status"]["authenticated"], true);
+    }
+
+    #[tokio::test]
+    async fn callers_must_be_authenticated_and_allowed() {
+        let c = cluster();
+        let auth = reviewer(&c);
+        let uri = "/apis/authentication.k8s.io/v1/tokenreviews";
+        let (code, json) = call(&c, "POST", uri, None, review_body(&auth, &[])).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert_eq!(json["reason"], "Unauthorized");
+        let (code, _) = call(&c, "POST", uri, Some("nope"), review_body(&auth, &[])).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+
+        let now = SystemTime::now();
+        c.ensure_service_account("x", "y", now);
+        let other = c
+            .token_request("x", "y", &Default::default(), now)
+            .expect("token")
+            .status
+            .expect("status")
+            .token;
+        let (code, json) = call(&c, "POST", uri, Some(&other), review_body(&auth, &[])).await;
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        assert_eq!(
+            json["message"],
+            "tokenreviews.authentication.k8s.io is forbidden: User \"system:serviceaccount:x:y\" \
+             cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope"
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_token_and_bad_bodies_are_400_status() {
+        let c = cluster();
+        let auth = reviewer(&c);
+        let uri = "/apis/authentication.k8s.io/v1/tokenreviews";
+        let (code, json) = call(&c, "POST", uri, Some(&auth), review_body("", &[])).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert_eq!(json["reason"], "BadRequest");
+        assert_eq!(
+            json["message"],
+            "token is required for TokenReview in authentication"
+        );
+        let (code, json) = call(&c, "POST", uri, Some(&auth), json!([1, 2])).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert_eq!(json["kind"], "Status");
+        let wrong = json!({"apiVersion": "v1", "kind": "TokenReview", "spec": {"token": "x"}});
+        let (code, _) = call(&c, "POST", uri, Some(&auth), wrong).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn pods_and_service_accounts_round_trip() {
+        let c = cluster();
+        let auth = reviewer(&c);
+        let (code, sa) = call(
+            &c,
+            "POST",
+            "/api/v1/namespaces/ns/serviceaccounts",
+            Some(&auth),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}}),
+        )
+        .await;
+        assert_eq!(code, StatusCode::CREATED);
+        assert!(sa["metadata"]["uid"].is_string());
+        let (code, pod) = call(&c, "POST", "/api/v1/namespaces/ns/pods", Some(&auth),
+            json!({"metadata": {"name": "web"}, "spec": {"serviceAccountName": "app", "containers": []}})).await;
+        assert_eq!(code, StatusCode::CREATED);
+        assert_eq!(pod["spec"]["serviceAccountName"], "app");
+        let (code, _) = call(&c, "POST", "/api/v1/namespaces/ns/pods", Some(&auth),
+            json!({"metadata": {"name": "lost"}, "spec": {"serviceAccountName": "ghost", "containers": []}})).await;
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        let (code, list) = call(
+            &c,
+            "GET",
+            "/api/v1/namespaces/ns/pods",
+            Some(&auth),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(list["kind"], "PodList");
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+        let (code, _) = call(
+            &c,
+            "DELETE",
+            "/api/v1/namespaces/ns/pods/web",
+            Some(&auth),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK);
+        let (code, json) = call(
+            &c,
+            "GET",
+            "/api/v1/namespaces/ns/pods/web",
+            Some(&auth),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        assert_eq!(json["message"], "pods \"web\" not found");
+    }
+
+    #[tokio::test]
+    async fn token_request_mints_a_bound_token() {
+        let c = cluster();
+        let auth = reviewer(&c);
+        let now = SystemTime::now();
+        c.ensure_service_account("ns", "app", now);
+        let pod_uid = c.ensure_pod("ns", "web", "app", now);
+        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": ["vault"], "expirationSeconds": 600,
+                     "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web", "uid": pod_uid}}});
+        let uri = "/api/v1/namespaces/ns/serviceaccounts/app/token";
+        let (code, json) = call(&c, "POST", uri, Some(&auth), body).await;
+        assert_eq!(code, StatusCode::CREATED, "{json}");
+        assert_eq!(json["kind"], "TokenRequest");
+        let token = json["status"]["token"].as_str().expect("token");
+        assert!(json["status"]["expirationTimestamp"].is_string());
+        let ok = c
+            .authenticate(token, &["vault".into()], now)
+            .expect("valid");
+        assert_eq!(ok.audiences, vec!["vault".to_owned()]);
+
+        let short = json!({"spec": {"expirationSeconds": 60}});
+        let (code, json) = call(&c, "POST", uri, Some(&auth), short).await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(json["reason"], "Invalid");
+    }
+
+    #[tokio::test]
+    async fn discovery_points_at_the_jwks() {
+        let c = cluster();
+        let (code, doc) = call(
+            &c,
+            "GET",
+            "/.well-known/openid-configuration",
+            None,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(doc["issuer"], ISSUER);
+        assert_eq!(doc["jwks_uri"], "https://127.0.0.1:1/openid/v1/jwks");
+        assert_eq!(
+            doc["id_token_signing_alg_values_supported"],
+            json!(["ES256"])
+        );
+        let (_, jwks) = call(&c, "GET", "/openid/v1/jwks", None, Value::Null).await;
+        let key = &jwks["keys"][0];
+        assert_eq!(key["kid"], c.keys.current_kid());
+        assert_eq!(
+            (key["kty"].as_str(), key["crv"].as_str()),
+            (Some("EC"), Some("P-256"))
+        );
+    }
+
+    #[tokio::test]
+    async fn knobs_inject_failures_and_count_reviews() {
+        let c = cluster();
+        let auth = reviewer(&c);
+        let (code, _) = call(
+            &c,
+            "POST",
+            "/sim/fail",
+            None,
+            json!({"count": 2, "kind": "503"}),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK);
+        let (code, _) = call(
+            &c,
+            "POST",
+            "/sim/fail",
+            None,
+            json!({"count": 1, "kind": "bad-json"}),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK);
+        let uri = "/apis/authentication.k8s.io/v1/tokenreviews";
+        for _ in 0..2 {
+            let (code, json) = call(&c, "POST", uri, Some(&auth), review_body(&auth, &[])).await;
+            assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(json["kind"], "Status");
+        }
+        let (code, json) = call(&c, "POST", uri, Some(&auth), review_body(&auth, &[])).await;
+        assert_eq!(
+            (code, json),
+            (StatusCode::CREATED, Value::Null),
+            "unparsable body"
+        );
+        let (code, _) = call(&c, "POST", uri, Some(&auth), review_body(&auth, &[])).await;
+        assert_eq!(code, StatusCode::CREATED);
+        let (_, stats) = call(&c, "GET", "/sim/stats", None, Value::Null).await;
+        assert_eq!(stats, json!({"tokenreviews": 4}));
+        let (code, json) = call(&c, "POST", "/sim/fail", None, json!({"kind": "boom"})).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert_eq!(json["kind"], "Status");
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_status_404() {
+        let c = cluster();
+        let (code, json) = call(&c, "GET", "/nope", None, Value::Null).await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        assert_eq!(
+            json["message"],
+            "the server could not find the requested resource"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Test knobs of the sim: injected TokenReview failures, added latency, and the counter
+//! of TokenReviews served.
+//!
+//! Responsible for: the knob state (shared, lock-free except a short queue lock), the
+//! wire names of failures (`POST /sim/fail {"kind": …}`), and how each failure looks on
+//! the wire. `Reset` needs the connection itself: it pulls the connection's
+//! [`KillSwitch`](super::server::KillSwitch) (set by the accept loop) and never answers.
+//!
+//! Not responsible for: deciding when a knob applies (the TokenReview handler in `api`
+//! asks) or routing.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusDetails;
+
+use super::server::KillSwitch;
+use super::status::status_response;
+
+/// How an injected TokenReview failure behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Answer with this HTTP status and a Kubernetes `Status` body (429 adds
+    /// `Retry-After: 1`, as the API server's max-in-flight filter does).
+    Status(u16),
+    /// Never answer (the connection stays open until the client gives up).
+    Hang,
+    /// Close the connection without a response (a TCP reset).
+    Reset,
+    /// Answer 201 with a truncated JSON body.
+    BadJson,
+}
+
+impl Failure {
+    /// Parses the wire name used by `POST /sim/fail`: a status code (`"500"`, `"503"`,
+    /// `"429"`, `"504"`, any of 400–599), `"hang"`, `"reset"` or `"bad-json"`.
+    pub fn parse(kind: &str) -> Option<Failure> {
+        match kind {
+            "hang" => Some(Failure::Hang),
+            "reset" => Some(Failure::Reset),
+            "bad-json" => Some(Failure::BadJson),
+            code => code
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (400..=599).contains(c))
+                .map(Failure::Status),
+        }
+    }
+
+    /// The response this failure gives (`Hang` and `Reset` never complete).
+    pub(crate) async fn respond(self, kill: Option<KillSwitch>) -> Response {
+        match self {
+            Failure::Status(code) => failure_status(code),
+            Failure::BadJson => (
+                StatusCode::CREATED,
+                [(header::CONTENT_TYPE, "application/json")],
+                // Cut mid-value, like a proxy that dropped the rest of the body.
+                r#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","metadata":{},"status":{"authenticated":tr"#,
+            )
+                .into_response(),
+            Failure::Hang => std::future::pending().await,
+            Failure::Reset => {
+                if let Some(kill) = kill {
+                    kill.reset();
+                }
+                std::future::pending().await
+            }
+        }
+    }
+}
+
+/// The API server's answer for an overloaded or failing request with this code.
+fn failure_status(code: u16) -> Response {
+    let (reason, message) = match code {
+        429 => (
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        ),
+        500 => ("InternalError", "Internal error occurred: injected failure"),
+        503 => (
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        ),
+        504 => (
+            "Timeout",
+            "Timeout: request did not complete within requested timeout - context deadline exceeded",
+        ),
+        _ => ("", "injected failure"),
+    };
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    // The API server's max-in-flight filter says when to come back, in both places.
+    let details = (code == 429).then(|| StatusDetails {
+        retry_after_seconds: Some(1),
+        ..StatusDetails::default()
+    });
+    let mut response = status_response(status, reason, message, details);
+    if code == 429 {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// The knob state a running sim shares between its handle and its handlers.
+#[derive(Default)]
+pub(crate) struct Knobs {
+    failures: Mutex<VecDeque<Failure>>,
+    latency_micros: AtomicU64,
+    reviews: AtomicU64,
+}
+
+impl Knobs {
+    /// Queues `failure` for the next `n` TokenReviews (after any already queued).
+    pub(crate) fn fail_next(&self, n: u32, failure: Failure) {
+        let mut queue = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        queue.extend(std::iter::repeat_n(failure, n as usize));
+    }
+
+    /// The failure the current TokenReview must show, if one is queued.
+    pub(crate) fn take_failure(&self) -> Option<Failure> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    /// Sets the latency added to every TokenReview.
+    pub(crate) fn set_latency(&self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// The latency added to every TokenReview.
+    pub(crate) fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_micros.load(Ordering::Relaxed))
+    }
+
+    /// Counts one TokenReview that reached the handler.
+    pub(crate) fn count_review(&self) {
+        self.reviews.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// TokenReviews that reached the handler so far, whatever their outcome.
+    pub(crate) fn reviews(&self) -> u64 {
+        self.reviews.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_parse() {
+        assert_eq!(Failure::parse("500"), Some(Failure::Status(500)));
+        assert_eq!(Failure::parse("429"), Some(Failure::Status(429)));
+        assert_eq!(Failure::parse("hang"), Some(Failure::Hang));
+        assert_eq!(Failure::parse("reset"), Some(Failure::Reset));
+        assert_eq!(Failure::parse("bad-json"), Some(Failure::BadJson));
+        assert_eq!(Failure::parse("200"), None);
+        assert_eq!(Failure::parse("boom"), None);
+    }
+
+    #[test]
+    fn failures_are_consumed_in_order() {
+        let knobs = Knobs::default();
+        knobs.fail_next(2, Failure::Status(503));
+        knobs.fail_next(1, Failure::Reset);
+        assert_eq!(knobs.take_failure(), Some(Failure::Status(503)));
+        assert_eq!(knobs.take_failure(), Some(Failure::Status(503)));
+        assert_eq!(knobs.take_failure(), Some(Failure::Reset));
+        assert_eq!(knobs.take_failure(), None);
+    }
+
+    #[test]
+    fn too_many_requests_carries_retry_after() {
+        let response = failure_status(429);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from_static("1"))
+        );
+    }
+}
