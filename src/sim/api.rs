@@ -74,8 +74,19 @@ pub(crate) fn router(cluster: Arc<Cluster>) -> Router {
         .route("/sim/latency", post(knob_latency))
         .route("/sim/rotate", post(knob_rotate))
         .route("/sim/stats", get(knob_stats))
+        .route("/api", get(discovery_core_versions))
+        .route("/api/v1", get(discovery_core_v1))
+        .route("/apis", get(discovery_groups))
+        .route(
+            "/apis/authentication.k8s.io/v1",
+            get(discovery_authentication_v1),
+        )
+        .route("/version", get(version))
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        // Bodies must be JSON: a protobuf or YAML body gets the API server's 415, on
+        // which clients such as kubectl retry in JSON.
+        .layer(axum::middleware::from_fn(json_bodies_only))
         .with_state(cluster)
 }
 
@@ -148,6 +159,89 @@ fn json_response(code: StatusCode, value: &impl serde::Serialize) -> Response {
         Ok(body) => (code, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(_) => ApiError::bad_request("the object could not be encoded").into_response(),
     }
+}
+
+/// Refuses request bodies that are not JSON with 415, as the API server refuses media
+/// types it does not know.
+async fn json_bodies_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    if media.is_empty() || media == "application/json" || media.ends_with("+json") {
+        return next.run(request).await;
+    }
+    ApiError {
+        code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        reason: "UnsupportedMediaType",
+        message: format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json; got {media}"
+        ),
+        details: None,
+    }
+    .into_response()
+}
+
+// ---------------------------------------------------------------------------------------
+// API discovery (what kubectl reads before `get`, `create`, `delete`)
+
+async fn version() -> Response {
+    Json(
+        json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-tokengate-sim",
+                "platform": "tokengate/sim"}),
+    )
+    .into_response()
+}
+
+async fn discovery_core_versions(State(cluster): Shared) -> Response {
+    let host = cluster.url.split("://").nth(1).unwrap_or_default();
+    Json(json!({"kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}]}))
+    .into_response()
+}
+
+async fn discovery_groups() -> Response {
+    let version = json!({"groupVersion": "authentication.k8s.io/v1", "version": "v1"});
+    Json(
+        json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            {"name": "authentication.k8s.io", "versions": [version], "preferredVersion": version}
+        ]}),
+    )
+    .into_response()
+}
+
+fn resource(name: &str, kind: &str, namespaced: bool, verbs: &[&str], short: &[&str]) -> Value {
+    let mut r = json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind,
+                       "verbs": verbs});
+    if !short.is_empty() {
+        r["shortNames"] = json!(short);
+    }
+    r
+}
+
+async fn discovery_core_v1() -> Response {
+    let crud = ["create", "delete", "get", "list"];
+    Json(
+        json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+            resource("pods", "Pod", true, &crud, &["po"]),
+            resource("serviceaccounts", "ServiceAccount", true, &crud, &["sa"]),
+            resource("serviceaccounts/token", "TokenRequest", true, &["create"], &[]),
+        ]}),
+    )
+    .into_response()
+}
+
+async fn discovery_authentication_v1() -> Response {
+    Json(json!({"kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": "authentication.k8s.io/v1", "resources": [
+        resource("tokenreviews", "TokenReview", false, &["create"], &[]),
+    ]}))
+    .into_response()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -773,6 +867,35 @@ mod tests {
         let (code, json) = call(&c, "POST", "/sim/fail", None, json!({"kind": "boom"})).await;
         assert_eq!(code, StatusCode::BAD_REQUEST);
         assert_eq!(json["kind"], "Status");
+    }
+
+    #[tokio::test]
+    async fn protobuf_bodies_get_415_and_discovery_lists_what_is_served() {
+        let c = cluster();
+        let auth = reviewer(&c);
+        let request = Request::builder()
+            .method("POST")
+            .uri("/api/v1/namespaces/ns/serviceaccounts")
+            .header(header::AUTHORIZATION, format!("Bearer {auth}"))
+            .header(header::CONTENT_TYPE, "application/vnd.kubernetes.protobuf")
+            .body(Body::from("k8s\0"))
+            .expect("request");
+        let response = router(Arc::clone(&c))
+            .oneshot(request)
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let (code, groups) = call(&c, "GET", "/apis", None, Value::Null).await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(groups["groups"][0]["name"], "authentication.k8s.io");
+        let (_, core) = call(&c, "GET", "/api/v1", None, Value::Null).await;
+        let names: Vec<&str> = core["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        assert_eq!(names, ["pods", "serviceaccounts", "serviceaccounts/token"]);
     }
 
     #[tokio::test]
