@@ -1,38 +1,35 @@
-//! The sim's HTTP surface: the axum router and its handlers.
+//! The sim's HTTP surface: the router, caller authentication, request decoding, and the
+//! TokenReview and TokenRequest handlers.
 //!
-//! Responsible for: the API server's endpoints the gate and its tests use (TokenReview
-//! v1 and v1beta1, TokenRequest, OIDC discovery and JWKS, pods and service accounts),
-//! caller authentication (a bearer token the sim itself issued) and authorization (the
-//! RBAC table, for tokenreviews), request decoding with `Status` errors, and the test
-//! knobs under `/sim/`. Every failure is an [`ApiError`], rendered as a `Status` body.
+//! Responsible for: the route table (handlers of pods and service accounts live in
+//! `objects`, discovery documents in `discovery`, knobs in `knobs`), caller
+//! authentication (a bearer token the sim itself issued, for the API audiences) and
+//! authorization (the RBAC table, for tokenreviews), decoding bodies with `Status`
+//! errors. Every failure is an [`ApiError`], rendered as a `Status` body.
 //!
 //! Not responsible for: the authenticator's rules (see `review`), TokenRequest rules and
 //! shared state (see `cluster`), connections (see `server`).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
-use k8s_openapi::{List, ListableResource};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::cluster::Cluster;
-use super::knobs::Failure;
 use super::review::{Authenticated, review_status};
 use super::server::KillSwitch;
 use super::status::ApiError;
-use super::store::Stored;
+use super::{discovery, knobs, objects};
 
 /// The API group of TokenReview.
 const AUTHENTICATION_GROUP: &str = "authentication.k8s.io";
@@ -41,8 +38,7 @@ const AUTHENTICATION_GROUP: &str = "authentication.k8s.io";
 pub(crate) fn router(cluster: Arc<Cluster>) -> Router {
     let ns = "/api/v1/namespaces/{ns}";
     Router::new()
-        .route("/.well-known/openid-configuration", get(discovery))
-        .route("/openid/v1/jwks", get(jwks))
+        // The authentication API.
         .route(
             "/apis/authentication.k8s.io/v1/tokenreviews",
             post(token_review_v1),
@@ -55,42 +51,58 @@ pub(crate) fn router(cluster: Arc<Cluster>) -> Router {
             &format!("{ns}/serviceaccounts/{{name}}/token"),
             post(token_request),
         )
+        // Objects.
         .route(
             &format!("{ns}/serviceaccounts"),
-            get(list::<ServiceAccount>).post(create::<ServiceAccount>),
+            get(objects::list::<ServiceAccount>).post(objects::create::<ServiceAccount>),
         )
         .route(
             &format!("{ns}/serviceaccounts/{{name}}"),
-            get(get_one::<ServiceAccount>).delete(delete_service_account),
+            get(objects::get_one::<ServiceAccount>).delete(objects::delete_service_account),
         )
-        .route(&format!("{ns}/pods"), get(list::<Pod>).post(create_pod))
+        .route(
+            &format!("{ns}/pods"),
+            get(objects::list::<Pod>).post(objects::create_pod),
+        )
         .route(
             &format!("{ns}/pods/{{name}}"),
-            get(get_one::<Pod>).delete(delete_pod),
+            get(objects::get_one::<Pod>).delete(objects::delete_pod),
         )
-        .route("/api/v1/serviceaccounts", get(list_all::<ServiceAccount>))
-        .route("/api/v1/pods", get(list_all::<Pod>))
-        .route("/sim/fail", post(knob_fail))
-        .route("/sim/latency", post(knob_latency))
-        .route("/sim/rotate", post(knob_rotate))
-        .route("/sim/stats", get(knob_stats))
-        .route("/api", get(discovery_core_versions))
-        .route("/api/v1", get(discovery_core_v1))
-        .route("/apis", get(discovery_groups))
+        .route(
+            "/api/v1/serviceaccounts",
+            get(objects::list_all::<ServiceAccount>),
+        )
+        .route("/api/v1/pods", get(objects::list_all::<Pod>))
+        // Discovery.
+        .route(
+            "/.well-known/openid-configuration",
+            get(discovery::openid_configuration),
+        )
+        .route("/openid/v1/jwks", get(discovery::jwks))
+        .route("/api", get(discovery::core_versions))
+        .route("/api/v1", get(discovery::core_v1))
+        .route("/apis", get(discovery::groups))
         .route(
             "/apis/authentication.k8s.io/v1",
-            get(discovery_authentication_v1),
+            get(discovery::authentication_v1),
         )
-        .route("/version", get(version))
+        .route("/version", get(discovery::version))
+        // Test knobs.
+        .route("/sim/fail", post(knobs::fail))
+        .route("/sim/latency", post(knobs::latency))
+        .route("/sim/rotate", post(knobs::rotate))
+        .route("/sim/stats", get(knobs::stats))
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        // Bodies must be JSON: a protobuf or YAML body gets the API server's 415, on
-        // which clients such as kubectl retry in JSON.
+        // The sim speaks JSON only: a protobuf or YAML body gets the API server's 415
+        // (kubectl's `create token` and `create sa` send protobuf and fail here; `get`,
+        // `delete` and `create --raw` work).
         .layer(axum::middleware::from_fn(json_bodies_only))
         .with_state(cluster)
 }
 
-type Shared = State<Arc<Cluster>>;
+/// The router's state, as handlers extract it.
+pub(crate) type Shared = State<Arc<Cluster>>;
 
 // ---------------------------------------------------------------------------------------
 // Caller authentication and request decoding
@@ -107,7 +119,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Authenticates the caller with a token the sim issued, for the API audiences.
 /// Anonymous requests are refused (the sim runs with `--anonymous-auth=false`).
-fn caller(cluster: &Cluster, headers: &HeaderMap) -> Result<Authenticated, ApiError> {
+pub(crate) fn caller(cluster: &Cluster, headers: &HeaderMap) -> Result<Authenticated, ApiError> {
     let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
     cluster
         .authenticate(token, &[], SystemTime::now())
@@ -116,7 +128,7 @@ fn caller(cluster: &Cluster, headers: &HeaderMap) -> Result<Authenticated, ApiEr
 
 /// Decodes a request body as `T`, accepting `apiVersion` `api_version` (or none) and
 /// `kind` `T::KIND` (or none), with the API server's `BadRequest` wording on failure.
-fn decode<T: DeserializeOwned>(
+pub(crate) fn decode<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     api_version: &str,
     kind: &str,
@@ -154,7 +166,7 @@ fn decode<T: DeserializeOwned>(
     })
 }
 
-fn json_response(code: StatusCode, value: &impl serde::Serialize) -> Response {
+pub(crate) fn json_response(code: StatusCode, value: &impl serde::Serialize) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => (code, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(_) => ApiError::bad_request("the object could not be encoded").into_response(),
@@ -185,93 +197,6 @@ async fn json_bodies_only(
         details: None,
     }
     .into_response()
-}
-
-// ---------------------------------------------------------------------------------------
-// API discovery (what kubectl reads before `get`, `create`, `delete`)
-
-async fn version() -> Response {
-    Json(
-        json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-tokengate-sim",
-                "platform": "tokengate/sim"}),
-    )
-    .into_response()
-}
-
-async fn discovery_core_versions(State(cluster): Shared) -> Response {
-    let host = cluster.url.split("://").nth(1).unwrap_or_default();
-    Json(json!({"kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}]}))
-    .into_response()
-}
-
-async fn discovery_groups() -> Response {
-    let version = json!({"groupVersion": "authentication.k8s.io/v1", "version": "v1"});
-    Json(
-        json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-            {"name": "authentication.k8s.io", "versions": [version], "preferredVersion": version}
-        ]}),
-    )
-    .into_response()
-}
-
-fn resource(name: &str, kind: &str, namespaced: bool, verbs: &[&str], short: &[&str]) -> Value {
-    let mut r = json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind,
-                       "verbs": verbs});
-    if !short.is_empty() {
-        r["shortNames"] = json!(short);
-    }
-    r
-}
-
-async fn discovery_core_v1() -> Response {
-    let crud = ["create", "delete", "get", "list"];
-    Json(
-        json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
-            resource("pods", "Pod", true, &crud, &["po"]),
-            resource("serviceaccounts", "ServiceAccount", true, &crud, &["sa"]),
-            resource("serviceaccounts/token", "TokenRequest", true, &["create"], &[]),
-        ]}),
-    )
-    .into_response()
-}
-
-async fn discovery_authentication_v1() -> Response {
-    Json(json!({"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": "authentication.k8s.io/v1", "resources": [
-        resource("tokenreviews", "TokenReview", false, &["create"], &[]),
-    ]}))
-    .into_response()
-}
-
-// ---------------------------------------------------------------------------------------
-// OIDC discovery
-
-async fn discovery(State(cluster): Shared) -> Response {
-    let doc = json!({
-        "issuer": cluster.issuer,
-        "jwks_uri": format!("{}/openid/v1/jwks", cluster.url),
-        "response_types_supported": ["id_token"],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["ES256"],
-    });
-    cacheable("application/json", &doc)
-}
-
-async fn jwks(State(cluster): Shared) -> Response {
-    cacheable("application/jwk-set+json", &cluster.keys.jwks())
-}
-
-/// The API server serves both discovery documents with an hour's public caching.
-fn cacheable(content_type: &'static str, doc: &Value) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        doc.to_string(),
-    )
-        .into_response()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -380,204 +305,12 @@ async fn token_request(
     Ok(json_response(StatusCode::CREATED, &minted))
 }
 
-// ---------------------------------------------------------------------------------------
-// Pods and service accounts
-
-async fn create<T>(
-    State(cluster): Shared,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError>
-where
-    T: Stored + DeserializeOwned + serde::Serialize,
-{
-    caller(&cluster, &headers)?;
-    let obj: T = decode(body, T::API_VERSION, T::KIND)?;
-    let created = cluster.store().create(&ns, obj, SystemTime::now())?;
-    Ok(json_response(StatusCode::CREATED, &created))
-}
-
-/// Pod creation, with what the ServiceAccount admission plugin adds: the default
-/// `serviceAccountName`, and a refusal when that account does not exist (the namespace's
-/// `default` account is created on first use, as its controller would have).
-async fn create_pod(
-    State(cluster): Shared,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    caller(&cluster, &headers)?;
-    let mut pod: Pod = decode(body, "v1", "Pod")?;
-    let spec = pod.spec.get_or_insert_with(Default::default);
-    let sa = spec
-        .service_account_name
-        .get_or_insert_with(|| "default".to_owned())
-        .clone();
-    let now = SystemTime::now();
-    if sa == "default" {
-        cluster.ensure_service_account(&ns, "default", now);
-    }
-    let mut store = cluster.store();
-    if store.get::<ServiceAccount>(&ns, &sa).is_err() {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        return Err(ApiError {
-            code: StatusCode::FORBIDDEN,
-            reason: "Forbidden",
-            message: format!(
-                "pods \"{name}\" is forbidden: error looking up service account {ns}/{sa}: serviceaccount \"{sa}\" not found"
-            ),
-            details: None,
-        });
-    }
-    let created = store.create(&ns, pod, now)?;
-    drop(store);
-    Ok(json_response(StatusCode::CREATED, &created))
-}
-
-async fn get_one<T>(
-    State(cluster): Shared,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError>
-where
-    T: Stored + serde::Serialize,
-{
-    caller(&cluster, &headers)?;
-    let obj = cluster.store().get::<T>(&ns, &name)?.clone();
-    Ok(json_response(StatusCode::OK, &obj))
-}
-
-async fn list<T>(
-    State(cluster): Shared,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError>
-where
-    T: Stored + ListableResource + serde::Serialize,
-{
-    caller(&cluster, &headers)?;
-    Ok(list_response::<T>(&cluster, Some(&ns)))
-}
-
-async fn list_all<T>(State(cluster): Shared, headers: HeaderMap) -> Result<Response, ApiError>
-where
-    T: Stored + ListableResource + serde::Serialize,
-{
-    caller(&cluster, &headers)?;
-    Ok(list_response::<T>(&cluster, None))
-}
-
-fn list_response<T>(cluster: &Cluster, ns: Option<&str>) -> Response
-where
-    T: Stored + ListableResource + serde::Serialize,
-{
-    let list = {
-        let store = cluster.store();
-        List::<T> {
-            items: store.list::<T>(ns),
-            metadata: ListMeta {
-                resource_version: Some(store.resource_version().to_string()),
-                ..ListMeta::default()
-            },
-        }
-    };
-    json_response(StatusCode::OK, &list)
-}
-
-async fn delete_service_account(
-    State(cluster): Shared,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    caller(&cluster, &headers)?;
-    let deleted = cluster.store().delete_service_account(&ns, &name)?;
-    Ok(json_response(StatusCode::OK, &deleted))
-}
-
-async fn delete_pod(
-    State(cluster): Shared,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    caller(&cluster, &headers)?;
-    let deleted = cluster.store().delete::<Pod>(&ns, &name)?;
-    Ok(json_response(StatusCode::OK, &deleted))
-}
-
-// ---------------------------------------------------------------------------------------
-// Test knobs (unauthenticated: the sim is a test double)
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FailKnob {
-    #[serde(default = "one")]
-    count: u32,
-    kind: String,
-}
-
-fn one() -> u32 {
-    1
-}
-
-async fn knob_fail(
-    State(cluster): Shared,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let knob: FailKnob = knob_body(body)?;
-    let failure = Failure::parse(&knob.kind).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "unknown failure kind {:?}: expected a status code (500, 503, 429, 504, …), \"hang\", \"reset\" or \"bad-json\"",
-            knob.kind
-        ))
-    })?;
-    cluster.knobs.fail_next(knob.count, failure);
-    Ok(Json(json!({"queued": knob.count, "kind": knob.kind})).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LatencyKnob {
-    millis: u64,
-}
-
-async fn knob_latency(
-    State(cluster): Shared,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let knob: LatencyKnob = knob_body(body)?;
-    cluster
-        .knobs
-        .set_latency(Duration::from_millis(knob.millis));
-    Ok(Json(json!({"millis": knob.millis})).into_response())
-}
-
-async fn knob_rotate(State(cluster): Shared) -> Result<Response, ApiError> {
-    let kid = cluster
-        .keys
-        .rotate()
-        .map_err(|_| ApiError::bad_request("could not generate a new signing key"))?;
-    Ok(Json(json!({"kid": kid})).into_response())
-}
-
-async fn knob_stats(State(cluster): Shared) -> Response {
-    let mut response = Json(json!({"tokenreviews": cluster.knobs.reviews()})).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-fn knob_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid knob: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::Request;
+    use serde_json::json;
     use tower::ServiceExt as _;
 
     const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";

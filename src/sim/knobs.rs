@@ -6,6 +6,10 @@
 //! the wire. `Reset` needs the connection itself: it pulls the connection's
 //! [`KillSwitch`](super::server::KillSwitch) (set by the accept loop) and never answers.
 //!
+//! The same knobs are served over HTTP for `tokengate dev` users and scripts:
+//! `POST /sim/fail {"count": 3, "kind": "503"}`, `POST /sim/latency {"millis": 50}`,
+//! `POST /sim/rotate` (new signing key), `GET /sim/stats` (`{"tokenreviews": N}`).
+//!
 //! Not responsible for: deciding when a knob applies (the TokenReview handler in `api`
 //! asks) or routing.
 
@@ -14,12 +18,21 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusDetails;
 
+use super::api::Shared;
 use super::server::KillSwitch;
+use super::status::ApiError;
 use super::status::status_response;
 
 /// How an injected TokenReview failure behaves.
@@ -150,6 +163,79 @@ impl Knobs {
     pub(crate) fn reviews(&self) -> u64 {
         self.reviews.load(Ordering::Relaxed)
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Over HTTP, under `/sim/` (unauthenticated: the sim is a test double)
+// Test knobs (unauthenticated: the sim is a test double)
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailKnob {
+    #[serde(default = "one")]
+    count: u32,
+    kind: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `POST /sim/fail {"count": N, "kind": "503"}` (count defaults to 1).
+pub(crate) async fn fail(
+    State(cluster): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let knob: FailKnob = knob_body(body)?;
+    let failure = Failure::parse(&knob.kind).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown failure kind {:?}: expected a status code (500, 503, 429, 504, …), \"hang\", \"reset\" or \"bad-json\"",
+            knob.kind
+        ))
+    })?;
+    cluster.knobs.fail_next(knob.count, failure);
+    Ok(Json(json!({"queued": knob.count, "kind": knob.kind})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatencyKnob {
+    millis: u64,
+}
+
+/// `POST /sim/latency {"millis": N}`.
+pub(crate) async fn latency(
+    State(cluster): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let knob: LatencyKnob = knob_body(body)?;
+    cluster
+        .knobs
+        .set_latency(Duration::from_millis(knob.millis));
+    Ok(Json(json!({"millis": knob.millis})).into_response())
+}
+
+/// `POST /sim/rotate`: a new current signing key; answers its `kid`.
+pub(crate) async fn rotate(State(cluster): Shared) -> Result<Response, ApiError> {
+    let kid = cluster
+        .keys
+        .rotate()
+        .map_err(|_| ApiError::bad_request("could not generate a new signing key"))?;
+    Ok(Json(json!({"kid": kid})).into_response())
+}
+
+/// `GET /sim/stats`: `{"tokenreviews": N}`.
+pub(crate) async fn stats(State(cluster): Shared) -> Response {
+    let mut response = Json(json!({"tokenreviews": cluster.knobs.reviews()})).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn knob_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid knob: {e}")))
 }
 
 #[cfg(test)]

@@ -14,13 +14,17 @@
 //! - `tokens`: claim layouts and TokenRequest validation;
 //! - `keys`: CA, serving certificate, signing keys, JWKS;
 //! - `store`: objects and the RBAC table;
-//! - `api`: the axum routes; `status`: `Status` error bodies;
+//! - `api`: the routes, caller authentication, TokenReview and TokenRequest handlers;
+//! - `objects`: pods and service accounts over HTTP; `discovery`: OIDC and API discovery;
+//! - `status`: `Status` error bodies;
 //! - `knobs`: failure injection, latency, counters; `server`: the accept loop.
 
 mod api;
 mod cluster;
+mod discovery;
 mod keys;
 mod knobs;
+mod objects;
 mod review;
 mod server;
 mod status;
