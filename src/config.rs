@@ -36,8 +36,19 @@ pub struct Config {
     pub cache: Cache,
     /// Who may call the TokenReview endpoints.
     pub access: Access,
+    /// HTTPS for the listener; plain HTTP when absent.
+    pub tls: Option<Tls>,
     /// Things that work but deserve an operator's attention (logged at start).
     pub warnings: Vec<String>,
+}
+
+/// The listener's certificate and key (`[tls]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
 }
 
 /// How to reach the API server.
@@ -230,7 +241,7 @@ struct InClusterEnv {
 }
 
 /// Sections of the file; an environment variable's name is `TOKENGATE_` + section + key.
-const SECTIONS: [&str; 4] = ["upstream", "policy", "cache", "access"];
+const SECTIONS: [&str; 5] = ["upstream", "policy", "cache", "access", "tls"];
 
 /// Writes `TOKENGATE_<SECTION>_<KEY>=value` into the table; returns the dotted key, or
 /// `None` when the name fits no section. Values are read as TOML when they parse as a
@@ -265,6 +276,14 @@ struct Raw {
     policy: RawPolicy,
     cache: RawCache,
     access: RawAccess,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -475,6 +494,18 @@ impl Raw {
             warnings.push("access.review_callers is empty: every call to the TokenReview endpoints will be refused (403); list the callers, e.g. [\"system:serviceaccount:vault:vault-auth\"]".into());
         }
 
+        let tls = match self.tls.map(|t| (t.cert_file, t.key_file)) {
+            None => None,
+            Some((Some(cert_file), Some(key_file))) => Some(Tls {
+                cert_file,
+                key_file,
+            }),
+            Some(_) => {
+                c.problems.push("`[tls]` needs both `cert_file` and `key_file` (PEM files); remove the section to serve plain HTTP".into());
+                None
+            }
+        };
+
         if !c.problems.is_empty() {
             return Err(ConfigError::Invalid(c.problems));
         }
@@ -484,6 +515,7 @@ impl Raw {
             policy,
             cache,
             access,
+            tls,
             warnings,
         })
     }
@@ -800,6 +832,24 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("API server's own audiences"))
         );
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let c = from_str(
+            "[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n",
+            in_cluster(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tls,
+            Some(Tls {
+                cert_file: "/c.pem".into(),
+                key_file: "/k.pem".into()
+            })
+        );
+        let p = problems("[tls]\ncert_file = \"/c.pem\"\n", in_cluster());
+        assert!(p[0].contains("needs both"), "{p:?}");
     }
 
     #[test]

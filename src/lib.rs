@@ -16,11 +16,13 @@
 //! the tests and the benches. The entry points are [`build`] and [`run`].
 
 pub mod cache;
+pub mod cli;
 
 pub mod config;
 pub mod http;
 pub mod review;
 pub mod sim;
+pub mod tls;
 pub mod token;
 pub mod upstream;
 
@@ -30,15 +32,40 @@ use std::time::Duration;
 
 pub use http::{AppState, router};
 
+/// A gate ready to serve: the handlers' state and, for HTTPS, the TLS configuration.
+pub struct Gate {
+    /// What the handlers share.
+    pub state: Arc<AppState>,
+    /// The listener's TLS configuration; plain HTTP when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Why the gate could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The API-server client could not be set up.
+    #[error("cannot set up the API-server client")]
+    Upstream(#[from] upstream::BuildError),
+    /// The listener's certificate or key could not be loaded.
+    #[error("cannot load the [tls] certificate and key")]
+    Tls(#[from] tls::TlsError),
+}
+
 /// Builds the gate from a validated configuration: the API-server client (CA and
-/// credential read now, so a bad file fails at start) and the decision pipeline.
-pub async fn build(config: &config::Config) -> Result<Arc<AppState>, upstream::BuildError> {
+/// credential read now, so a bad file fails at start), the decision pipeline, and the
+/// listener's TLS configuration.
+pub async fn build(config: &config::Config) -> Result<Gate, BuildError> {
     let upstream = upstream::Upstream::from_config(&config.upstream).await?;
     let reviewer = review::Reviewer::new(config, upstream, Arc::new(review::SystemClock));
-    Ok(Arc::new(AppState {
+    let tls = match &config.tls {
+        Some(t) => Some(tls::server_config(&t.cert_file, &t.key_file)?),
+        None => None,
+    };
+    let state = Arc::new(AppState {
         reviewer: Arc::new(reviewer),
         access: config.access.clone(),
-    }))
+    });
+    Ok(Gate { state, tls })
 }
 
 /// Serves the gate on `listener` until `shutdown` completes, then drains in-flight
@@ -46,9 +73,10 @@ pub async fn build(config: &config::Config) -> Result<Arc<AppState>, upstream::B
 /// readiness latch); the probe stops at readiness or shutdown.
 pub async fn run(
     listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
+    gate: Gate,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let Gate { state, tls } = gate;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let probe = tokio::spawn({
         let reviewer = Arc::clone(&state.reviewer);
@@ -60,7 +88,7 @@ pub async fn run(
             }
         }
     });
-    let result = http::serve(listener, router(state), async move {
+    let result = http::serve(listener, tls, router(state), async move {
         shutdown.await;
         let _ = stop.send(true);
     })

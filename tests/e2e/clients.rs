@@ -9,8 +9,10 @@ use crate::support::*;
 /// A kubeconfig that points a client at the gate with the reviewer's credential.
 fn kubeconfig(gate: &TestGate) -> std::path::PathBuf {
     let path = gate.files().join("gate.kubeconfig");
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(gate.gate_ca.as_deref().expect("an HTTPS gate"));
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: gate\n  cluster:\n    server: {}\ncontexts:\n- name: gate\n  context:\n    cluster: gate\n    user: reviewer\ncurrent-context: gate\nusers:\n- name: reviewer\n  user:\n    token: {}\n",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: gate\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: gate\n  context:\n    cluster: gate\n    user: reviewer\ncurrent-context: gate\nusers:\n- name: reviewer\n  user:\n    token: {}\n",
         gate.url,
         gate.sim.reviewer_token()
     );
@@ -19,10 +21,11 @@ fn kubeconfig(gate: &TestGate) -> std::path::PathBuf {
 }
 
 async fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("{what} could not be started ({e}); run the README's test command, which installs it"));
+    let out = cmd.output().await.unwrap_or_else(|e| {
+        panic!(
+            "{what} could not be started ({e}); run the README's test command, which installs it"
+        )
+    });
     assert!(
         out.status.success(),
         "{what} failed: {}\n{}",
@@ -34,7 +37,8 @@ async fn run(cmd: &mut Command, what: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_create_raw_token_review_gets_the_api_servers_answer() {
-    let gate = spawn_gate(&[]).await;
+    // kubectl sends no bearer token over plain http, so the gate serves HTTPS here.
+    let gate = spawn_https_gate(&[]).await;
     let token = gate.workload_token("apps", "web", &["vault"]);
     let review = gate.files().join("review.json");
     let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}});
@@ -43,7 +47,12 @@ async fn kubectl_create_raw_token_review_gets_the_api_servers_answer() {
         Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(kubeconfig(&gate))
-            .args(["create", "--raw", "/apis/authentication.k8s.io/v1/tokenreviews", "-f"])
+            .args([
+                "create",
+                "--raw",
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                "-f",
+            ])
             .arg(&review),
         "kubectl",
     )
@@ -51,7 +60,10 @@ async fn kubectl_create_raw_token_review_gets_the_api_servers_answer() {
     let answer: Value = serde_json::from_str(&out).expect("kubectl prints the TokenReview");
     assert_eq!(answer["kind"], "TokenReview");
     assert_eq!(answer["status"]["authenticated"], true, "{answer}");
-    assert_eq!(answer["status"]["user"]["username"], "system:serviceaccount:apps:web");
+    assert_eq!(
+        answer["status"]["user"]["username"],
+        "system:serviceaccount:apps:web"
+    );
 }
 
 const PYTHON_CLIENT: &str = r#"
@@ -95,7 +107,15 @@ async fn python_kubernetes_client_create_token_review_works_against_the_gate() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines[0]["authenticated"], true, "{}", lines[0]);
-    assert_eq!(lines[0]["user"]["username"], "system:serviceaccount:apps:web");
+    assert_eq!(
+        lines[0]["user"]["username"],
+        "system:serviceaccount:apps:web"
+    );
     assert_eq!(lines[1]["authenticated"], false);
-    assert!(lines[1]["error"].as_str().unwrap().contains(r#"["payments"]"#));
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains(r#"["payments"]"#)
+    );
 }

@@ -1,7 +1,6 @@
 //! The one way tests start things: `spawn_gate()` (a sim and a gate in front of it, both
 //! on port 0) and a small HTTP client.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,15 +16,14 @@ use tokengate::sim::{MintRequest, Sim, SimOptions};
 /// A running sim and a gate in front of it; both stop when this is dropped.
 pub struct TestGate {
     pub sim: Sim,
-    pub addr: SocketAddr,
     pub url: String,
     pub state: Arc<tokengate::AppState>,
+    /// The CA of the gate's serving certificate, when it serves HTTPS.
+    pub gate_ca: Option<String>,
+    client: HttpClient,
     pub dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
-
-/// The sim's reviewer identity, which the gate's config allows to call it.
-pub const REVIEWER: &str = "system:serviceaccount:tokengate:tokengate-reviewer";
 
 /// Starts a sim and a gate in front of it, with the gate's config overridden by
 /// `env` (`TOKENGATE_…` pairs, exactly as an operator would set them).
@@ -40,8 +38,53 @@ pub async fn spawn_gate(env: &[(&str, &str)]) -> TestGate {
     spawn_gate_for(sim, dir, env).await
 }
 
+/// Starts a sim and a gate in front of it that serves HTTPS with a certificate for
+/// 127.0.0.1 from a CA of its own (`TestGate::gate_ca`).
+pub async fn spawn_https_gate(env: &[(&str, &str)]) -> TestGate {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = serving_certificate(dir.path());
+    let cert = dir.path().join("gate.crt").display().to_string();
+    let key = dir.path().join("gate.key").display().to_string();
+    let mut env = env.to_vec();
+    env.extend([("TOKENGATE_TLS_CERT_FILE", cert.as_str()), ("TOKENGATE_TLS_KEY_FILE", key.as_str())]);
+    let sim = Sim::start(SimOptions {
+        out_dir: Some(dir.path().to_path_buf()),
+        ..SimOptions::default()
+    })
+    .await
+    .expect("the sim starts");
+    let mut gate = start(sim, dir, &env, Some(ca)).await;
+    gate.url = gate.url.replace("http://", "https://");
+    gate.wait_ready().await;
+    gate.authenticate_reviewer().await;
+    gate
+}
+
+/// Writes `gate.crt`/`gate.key` (for 127.0.0.1 and localhost) into `dir`; returns the CA's PEM.
+fn serving_certificate(dir: &Path) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("gate.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("gate.key"), key.serialize_pem()).unwrap();
+    ca.pem()
+}
+
 /// Starts a gate in front of an already running sim whose files are in `dir`.
 pub async fn spawn_gate_for(sim: Sim, dir: tempfile::TempDir, env: &[(&str, &str)]) -> TestGate {
+    let gate = start(sim, dir, env, None).await;
+    gate.wait_ready().await;
+    gate.authenticate_reviewer().await;
+    gate
+}
+
+async fn start(sim: Sim, dir: tempfile::TempDir, env: &[(&str, &str)], gate_ca: Option<String>) -> TestGate {
     let text = tokengate::cli::dev_config(
         "127.0.0.1:0".parse().unwrap(),
         &sim.url(),
@@ -50,23 +93,23 @@ pub async fn spawn_gate_for(sim: Sim, dir: tempfile::TempDir, env: &[(&str, &str
     );
     let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
     let config = tokengate::config::from_str(&text, env).expect("a valid test config");
-    let state = tokengate::build(&config).await.expect("the gate builds");
+    let gate = tokengate::build(&config).await.expect("the gate builds");
+    let state = gate.state.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(tokengate::run(listener, state.clone(), async move {
+    tokio::spawn(tokengate::run(listener, gate, async move {
         let _ = stopped.await;
     }));
-    let gate = TestGate {
+    TestGate {
         sim,
-        addr,
         url: format!("http://{addr}"),
         state,
+        client: client(gate_ca.as_deref()),
+        gate_ca,
         dir,
         _stop: stop,
-    };
-    gate.wait_ready().await;
-    gate
+    }
 }
 
 impl TestGate {
@@ -76,6 +119,17 @@ impl TestGate {
         tokio::time::timeout(std::time::Duration::from_secs(10), ready)
             .await
             .expect("the gate becomes ready within 10s");
+    }
+
+    /// Has the gate authenticate the reviewer (the caller of every review in these tests)
+    /// once, so that upstream-call counts afterwards are those of the tokens reviewed.
+    pub async fn authenticate_reviewer(&self) {
+        let (status, review) = self.review("not-a-jwt", None).await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "the reviewer is let in: {review}"
+        );
     }
 
     /// Creates service account `ns/name`, a pod `name-0` for it, and mints a pod-bound
@@ -105,13 +159,26 @@ impl TestGate {
         if let Some(a) = audiences {
             spec["audiences"] = json!(a);
         }
-        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec});
-        self.post("/review", Some(&self.sim.reviewer_token()), body.to_string()).await
+        let body =
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec});
+        self.post(
+            "/review",
+            Some(&self.sim.reviewer_token()),
+            body.to_string(),
+        )
+        .await
     }
 
     /// POSTs a raw body to `path` with an optional bearer token.
-    pub async fn post(&self, path: &str, bearer: Option<&str>, body: String) -> (StatusCode, Value) {
-        send(Method::POST, &format!("{}{path}", self.url), bearer, body).await
+    pub async fn post(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        body: String,
+    ) -> (StatusCode, Value) {
+        let url = format!("{}{path}", self.url);
+        let (status, bytes) = raw(&self.client, Method::POST, &url, bearer, body).await;
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
     /// The sim's TokenReview counter.
@@ -127,33 +194,67 @@ impl TestGate {
 
 /// `status.authenticated` of a TokenReview answer.
 pub fn authenticated(review: &Value) -> bool {
-    review["status"]["authenticated"].as_bool().expect("status.authenticated is present")
+    review["status"]["authenticated"]
+        .as_bool()
+        .expect("status.authenticated is present")
 }
 
 /// `status.error` of a TokenReview answer ("" when absent).
 pub fn error(review: &Value) -> String {
-    review["status"]["error"].as_str().unwrap_or_default().to_string()
+    review["status"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
-/// GET, answer as text.
+/// GET over plain HTTP, answer as text.
 pub async fn get(url: &str) -> (StatusCode, String) {
-    let (status, body) = raw(Method::GET, url, None, String::new()).await;
+    let (status, body) = raw(&client(None), Method::GET, url, None, String::new()).await;
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// Sends a request; the answer's body as JSON (Null when it is not JSON).
-pub async fn send(method: Method, url: &str, bearer: Option<&str>, body: String) -> (StatusCode, Value) {
-    let (status, bytes) = raw(method, url, bearer, body).await;
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// An HTTP(S) client trusting only `ca_pem` (no CA: plain HTTP only).
+fn client(ca_pem: Option<&str>) -> HttpClient {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = ca_pem {
+        for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(connector)
 }
 
-async fn raw(method: Method, url: &str, bearer: Option<&str>, body: String) -> (StatusCode, Bytes) {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut request = Request::builder().method(method).uri(url).header("content-type", "application/json");
+async fn raw(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    bearer: Option<&str>,
+    body: String,
+) -> (StatusCode, Bytes) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json");
     if let Some(token) = bearer {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    let response = client.request(request.body(Full::new(Bytes::from(body))).unwrap()).await.expect("the gate answers");
+    let response = client
+        .request(request.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .expect("the gate answers");
     let status = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, bytes)

@@ -1,0 +1,394 @@
+//! The command line: `serve` (the default), `dev`, `sim`, `inspect`, `check-config`.
+//!
+//! Responsible for: parsing arguments, turning each command into calls of the library,
+//! and what each prints for a person. Errors come back as `anyhow` with context; `main`
+//! maps them to exit codes.
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config};
+use crate::sim::{MintRequest, Sim, SimOptions};
+use crate::token::{self, Classified};
+
+/// tokengate: answers "is this service-account token valid for this audience, and whose
+/// is it?" in front of the Kubernetes API server, with a cache no longer than the token lives.
+#[derive(Debug, Parser)]
+#[command(name = "tokengate", version, about)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Config file for `serve` when no command is given.
+    #[arg(long, short, env = "TOKENGATE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TOKENGATE_LOG_FORMAT", global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written (to stderr).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object a line, for log pipelines.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gate with a config file (`--config`, or `TOKENGATE_CONFIG`).
+    Serve,
+    /// Run a simulated API server and a gate in front of it, and print how to try them.
+    Dev {
+        /// Where the gate listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the simulated API server listens (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        sim_listen: SocketAddr,
+    },
+    /// Run the simulated API server alone (for tests, benches, demos).
+    Sim {
+        /// Where it listens.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+        /// Directory to write ca.crt, reviewer.token and kubeconfig into.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Serve plain http instead of https.
+        #[arg(long)]
+        plain_http: bool,
+    },
+    /// Decode a token offline and say what the local checks make of it. Sends it nowhere.
+    Inspect {
+        /// The token; `-` or nothing reads it from stdin.
+        token: Option<String>,
+        /// Audience to check against (repeatable); default: the token's own.
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// Accepted issuer (repeatable); default: any.
+        #[arg(long = "issuer")]
+        issuers: Vec<String>,
+    },
+    /// Load and validate a config file, print what is wrong, and exit.
+    CheckConfig,
+}
+
+/// What the process should exit with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// All went well.
+    Ok,
+    /// The command ran and its answer is "no" (e.g. `inspect` of a token that fails).
+    No,
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config.as_deref()).await,
+        Command::CheckConfig => check_config(cli.config.as_deref()),
+        Command::Dev { listen, sim_listen } => dev(listen, sim_listen).await,
+        Command::Sim {
+            listen,
+            out,
+            plain_http,
+        } => sim(listen, out, !plain_http).await,
+        Command::Inspect {
+            token,
+            audiences,
+            issuers,
+        } => inspect(token, &audiences, &issuers),
+    }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let path = path.context(
+        "no config file: pass --config FILE or set TOKENGATE_CONFIG (examples in config/)",
+    )?;
+    Ok(config::load(Some(path), std::env::vars())?)
+}
+
+fn check_config(path: Option<&Path>) -> anyhow::Result<Exit> {
+    let config = load_config(path)?;
+    for warning in &config.warnings {
+        println!("warning: {warning}");
+    }
+    println!("config OK");
+    Ok(Exit::Ok)
+}
+
+async fn serve(path: Option<&Path>) -> anyhow::Result<Exit> {
+    let config = load_config(path)?;
+    let listener = bind(config.listen).await?;
+    start_gate(&config, listener).await?;
+    Ok(Exit::Ok)
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+async fn start_gate(config: &Config, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let gate = crate::build(config).await?;
+    let scheme = if gate.tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %listener.local_addr()?, scheme, "tokengate serving");
+    crate::run(listener, gate, shutdown_signal()).await?;
+    tracing::info!("tokengate stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}
+
+async fn sim(listen: SocketAddr, out: Option<PathBuf>, tls: bool) -> anyhow::Result<Exit> {
+    let sim = Sim::start(SimOptions {
+        listen,
+        tls,
+        out_dir: out.clone(),
+        ..SimOptions::default()
+    })
+    .await
+    .context("cannot start the simulated API server")?;
+    println!("simulated API server at {}", sim.url());
+    println!("issuer: {}", sim.issuer());
+    if let Some(out) = &out {
+        println!(
+            "wrote {0}/ca.crt, {0}/reviewer.token, {0}/kubeconfig",
+            out.display()
+        );
+    }
+    shutdown_signal().await;
+    sim.shutdown().await;
+    Ok(Exit::Ok)
+}
+
+async fn dev(listen: SocketAddr, sim_listen: SocketAddr) -> anyhow::Result<Exit> {
+    let dir = std::env::temp_dir().join(format!("tokengate-dev-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let sim = Sim::start(SimOptions {
+        listen: sim_listen,
+        out_dir: Some(dir.clone()),
+        ..SimOptions::default()
+    })
+    .await
+    .context("cannot start the simulated API server")?;
+    sim.create_service_account("demo", "app");
+    sim.create_pod("demo", "app-0", "app");
+    let sample = sim
+        .mint(&MintRequest {
+            namespace: "demo".into(),
+            service_account: "app".into(),
+            audiences: vec!["vault".into()],
+            expiration_seconds: Some(3600),
+            pod: Some("app-0".into()),
+        })
+        .context("cannot mint the sample token")?;
+    let reviewer = sim.reviewer_token();
+    let listener = bind(listen).await?;
+    let listen = listener.local_addr()?;
+    let text = dev_config(listen, &sim.url(), &dir, sim.issuer());
+    let config = config::from_str(&text, std::iter::empty())?;
+    std::fs::write(dir.join("tokengate.toml"), &text)?;
+
+    let gate = format!("http://{listen}");
+    println!(
+        r#"tokengate dev: a simulated API server and a gate in front of it.
+
+  gate                  {gate}
+  simulated API server  {sim_url}   (CA, reviewer token, kubeconfig and the gate's config in {dir})
+
+A sample token (namespace demo, service account app, pod app-0, audience vault, 1h):
+  export TOKEN={sample}
+The reviewer's credential (the caller allowed to ask for reviews):
+  export REVIEWER={reviewer}
+
+Try:
+  curl -s {gate}/healthz
+  curl -s {gate}/readyz
+  curl -s -X POST {gate}/review -H "Authorization: Bearer $REVIEWER" \
+       -d '{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"'$TOKEN'"}}}}'
+  curl -s -X POST {gate}/apis/authentication.k8s.io/v1/tokenreviews -H "Authorization: Bearer $REVIEWER" \
+       -d '{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"'$TOKEN'","audiences":["other"]}}}}'
+  tokengate inspect $TOKEN
+  curl -s -X POST {sim_url}/sim/fail --cacert {dir}/ca.crt -H "Authorization: Bearer $REVIEWER" -d '{{"count":3,"kind":"500"}}'
+
+Ctrl-C stops both."#,
+        sim_url = sim.url(),
+        dir = dir.display(),
+    );
+    start_gate(&config, listener).await?;
+    sim.shutdown().await;
+    Ok(Exit::Ok)
+}
+
+/// The gate's configuration in front of a sim whose files are in `dir`.
+pub fn dev_config(listen: SocketAddr, sim_url: &str, dir: &Path, issuer: &str) -> String {
+    format!(
+        r#"listen = "{listen}"
+
+[upstream]
+url = "{sim_url}"
+ca_file = "{ca}"
+token_file = "{token}"
+
+[policy]
+audiences = ["vault"]
+issuers = ["{issuer}"]
+
+[access]
+review_callers = ["system:serviceaccount:tokengate:tokengate-reviewer"]
+"#,
+        ca = dir.join("ca.crt").display(),
+        token = dir.join("reviewer.token").display(),
+    )
+}
+
+fn inspect(
+    token: Option<String>,
+    audiences: &[String],
+    issuers: &[String],
+) -> anyhow::Result<Exit> {
+    let raw = match token.as_deref() {
+        None | Some("-") => {
+            let mut s = String::new();
+            std::io::stdin()
+                .take(token::MAX_TOKEN_BYTES as u64 + 1)
+                .read_to_string(&mut s)
+                .context("cannot read the token from stdin")?;
+            s.trim().to_string()
+        }
+        Some(t) => t.trim().to_string(),
+    };
+    let (report, ok) = inspect_report(&raw, audiences, issuers, SystemTime::now());
+    print!("{report}");
+    Ok(if ok { Exit::Ok } else { Exit::No })
+}
+
+/// What `inspect` prints, and whether the local checks pass. Never prints the signature.
+pub fn inspect_report(
+    raw: &str,
+    audiences: &[String],
+    issuers: &[String],
+    now: SystemTime,
+) -> (String, bool) {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let segments: Vec<&str> = raw.split('.').collect();
+    let decode = |s: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    };
+    if segments.len() == 3 {
+        for (name, segment) in [("header", segments[0]), ("claims", segments[1])] {
+            match decode(segment) {
+                Some(v) => {
+                    let pretty = serde_json::to_string_pretty(&v).unwrap_or_default();
+                    let _ = writeln!(out, "{name}:\n{pretty}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}: (not base64url JSON)");
+                }
+            }
+        }
+        if let Some(claims) = decode(segments[1]) {
+            let now_s = token::unix_seconds(now);
+            for key in ["iat", "nbf", "exp"] {
+                if let Some(t) = claims.get(key).and_then(serde_json::Value::as_i64) {
+                    let delta = t.saturating_sub(now_s);
+                    let human =
+                        humantime::format_duration(Duration::from_secs(delta.unsigned_abs()));
+                    let when = if delta >= 0 {
+                        format!("in {human}")
+                    } else {
+                        format!("{human} ago")
+                    };
+                    let _ = writeln!(out, "{key}: {} ({when})", token::rfc3339(t));
+                }
+            }
+        }
+    } else {
+        let _ = writeln!(out, "not a JWT ({} segments)", segments.len());
+    }
+
+    let verdict = match token::classify(raw, issuers) {
+        Err(rejection) => Err(rejection.to_string()),
+        Ok(Classified::Foreign(why)) => Err(format!(
+            "{why}; the API server's other authenticators could still know it"
+        )),
+        Ok(Classified::ServiceAccount(t)) => {
+            let requested = if audiences.is_empty() {
+                t.claims.audiences.clone()
+            } else {
+                audiences.to_vec()
+            };
+            let kind = match t.kind {
+                token::Kind::Projected => "projected",
+                token::Kind::Legacy => "legacy (Secret-based: no expiry, no audience)",
+            };
+            let _ = writeln!(
+                out,
+                "service account: {} (uid {}), {kind} token",
+                t.username(),
+                t.claims.service_account.uid
+            );
+            if let Some(pod) = &t.claims.pod {
+                let _ = writeln!(out, "bound to pod: {} (uid {})", pod.name, pod.uid);
+            }
+            // Legacy tokens stand for the API server's audiences, which inspect does not know.
+            let api_audiences = if requested.is_empty() {
+                issuers.to_vec()
+            } else {
+                requested.clone()
+            };
+            token::check(&t, &requested, &api_audiences, now)
+                .map(|valid| {
+                    format!("valid for audiences {valid:?} as far as local checks can tell")
+                })
+                .map_err(|r| r.to_string())
+        }
+    };
+    let ok = verdict.is_ok();
+    match verdict {
+        Ok(msg) => {
+            let _ = writeln!(
+                out,
+                "local checks: pass: {msg}; the API server still decides (signature, service account and pod still existing)"
+            );
+        }
+        Err(msg) => {
+            let _ = writeln!(out, "local checks: REJECT: {msg}");
+        }
+    }
+    (out, ok)
+}
