@@ -10,7 +10,8 @@ use crate::support::*;
 fn kubeconfig(gate: &TestGate) -> std::path::PathBuf {
     let path = gate.files().join("gate.kubeconfig");
     use base64::Engine as _;
-    let ca = base64::engine::general_purpose::STANDARD.encode(gate.gate_ca.as_deref().expect("an HTTPS gate"));
+    let ca = base64::engine::general_purpose::STANDARD
+        .encode(gate.gate_ca.as_deref().expect("an HTTPS gate"));
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: gate\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\ncontexts:\n- name: gate\n  context:\n    cluster: gate\n    user: reviewer\ncurrent-context: gate\nusers:\n- name: reviewer\n  user:\n    token: {}\n",
         gate.url,

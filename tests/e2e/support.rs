@@ -46,7 +46,10 @@ pub async fn spawn_https_gate(env: &[(&str, &str)]) -> TestGate {
     let cert = dir.path().join("gate.crt").display().to_string();
     let key = dir.path().join("gate.key").display().to_string();
     let mut env = env.to_vec();
-    env.extend([("TOKENGATE_TLS_CERT_FILE", cert.as_str()), ("TOKENGATE_TLS_KEY_FILE", key.as_str())]);
+    env.extend([
+        ("TOKENGATE_TLS_CERT_FILE", cert.as_str()),
+        ("TOKENGATE_TLS_KEY_FILE", key.as_str()),
+    ]);
     let sim = Sim::start(SimOptions {
         out_dir: Some(dir.path().to_path_buf()),
         ..SimOptions::default()
@@ -68,7 +71,8 @@ fn serving_certificate(dir: &Path) -> String {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
     let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
     let cert = params.signed_by(&key, &issuer).unwrap();
     std::fs::write(dir.join("gate.crt"), cert.pem()).unwrap();
@@ -84,7 +88,12 @@ pub async fn spawn_gate_for(sim: Sim, dir: tempfile::TempDir, env: &[(&str, &str
     gate
 }
 
-async fn start(sim: Sim, dir: tempfile::TempDir, env: &[(&str, &str)], gate_ca: Option<String>) -> TestGate {
+async fn start(
+    sim: Sim,
+    dir: tempfile::TempDir,
+    env: &[(&str, &str)],
+    gate_ca: Option<String>,
+) -> TestGate {
     let text = tokengate::cli::dev_config(
         "127.0.0.1:0".parse().unwrap(),
         &sim.url(),
@@ -178,7 +187,10 @@ impl TestGate {
     ) -> (StatusCode, Value) {
         let url = format!("{}{path}", self.url);
         let (status, bytes) = raw(&self.client, Method::POST, &url, bearer, body).await;
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// The sim's TokenReview counter.
