@@ -572,6 +572,12 @@ mod tests {
         )
         .await;
         assert_eq!(code, StatusCode::OK);
+        let uri = "/apis/authentication.k8s.io/v1/tokenreviews";
+        for _ in 0..2 {
+            let (code, json) = call(&c, "POST", uri, Some(&auth), review_body(&auth, &[])).await;
+            assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(json["kind"], "Status");
+        }
         let (code, _) = call(
             &c,
             "POST",
@@ -581,12 +587,6 @@ mod tests {
         )
         .await;
         assert_eq!(code, StatusCode::OK);
-        let uri = "/apis/authentication.k8s.io/v1/tokenreviews";
-        for _ in 0..2 {
-            let (code, json) = call(&c, "POST", uri, Some(&auth), review_body(&auth, &[])).await;
-            assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
-            assert_eq!(json["kind"], "Status");
-        }
         let (code, json) = call(&c, "POST", uri, Some(&auth), review_body(&auth, &[])).await;
         assert_eq!(
             (code, json),

@@ -129,9 +129,11 @@ pub(crate) struct Knobs {
 }
 
 impl Knobs {
-    /// Queues `failure` for the next `n` TokenReviews (after any already queued).
+    /// Makes the next `n` TokenReviews fail with `failure`, replacing whatever was still
+    /// pending (`n = 0` clears it).
     pub(crate) fn fail_next(&self, n: u32, failure: Failure) {
         let mut queue = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        queue.clear();
         queue.extend(std::iter::repeat_n(failure, n as usize));
     }
 
@@ -254,14 +256,16 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_consumed_in_order() {
+    fn failures_are_consumed_one_per_review_and_a_new_order_replaces_the_old() {
         let knobs = Knobs::default();
         knobs.fail_next(2, Failure::Status(503));
+        assert_eq!(knobs.take_failure(), Some(Failure::Status(503)));
         knobs.fail_next(1, Failure::Reset);
-        assert_eq!(knobs.take_failure(), Some(Failure::Status(503)));
-        assert_eq!(knobs.take_failure(), Some(Failure::Status(503)));
         assert_eq!(knobs.take_failure(), Some(Failure::Reset));
         assert_eq!(knobs.take_failure(), None);
+        knobs.fail_next(5, Failure::Hang);
+        knobs.fail_next(0, Failure::Hang);
+        assert_eq!(knobs.take_failure(), None, "0 clears");
     }
 
     #[test]

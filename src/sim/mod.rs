@@ -336,8 +336,8 @@ impl Sim {
         self.cluster.knobs.reviews()
     }
 
-    /// Makes the next `n` TokenReview requests fail this way (queued after any failures
-    /// already queued).
+    /// Makes the next `n` TokenReview requests fail this way, replacing any failures
+    /// still pending (`n = 0` clears them).
     pub fn fail_next(&self, n: u32, failure: Failure) {
         self.cluster.knobs.fail_next(n, failure);
     }

@@ -162,13 +162,13 @@ async fn hang_never_answers_and_status_failures_look_like_the_api_server() {
     let client = client(&sim.ca_pem());
     let token = sim.reviewer_token();
     sim.fail_next(1, Failure::Hang);
-    sim.fail_next(1, Failure::Status(429));
     let hung = tokio::time::timeout(
         Duration::from_millis(300),
         review(&sim, &client, &token, &[]),
     )
     .await;
     assert!(hung.is_err(), "a hang must not answer");
+    sim.fail_next(1, Failure::Status(429));
 
     let url = format!("{}/apis/authentication.k8s.io/v1/tokenreviews", sim.url());
     let body = json!({"spec": {"token": token}});
