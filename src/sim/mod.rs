@@ -103,8 +103,9 @@ pub struct SimOptions {
     pub listen: SocketAddr,
     /// `iss` of projected tokens (`--service-account-issuer`).
     pub issuer: String,
-    /// `--api-audiences`: the audiences of a review that names none. Empty means
-    /// `[issuer]`, as the API server defaults it.
+    /// `--api-audiences`: the audiences of a review that names none. Empty (the
+    /// default) means `[issuer]`, as the API server defaults it, so that setting only
+    /// `issuer` moves both; [`Sim::api_audiences`] gives the effective list.
     pub api_audiences: Vec<String>,
     /// HTTPS with a CA the sim generates (default); `false` serves plain HTTP.
     pub tls: bool,
@@ -117,7 +118,7 @@ impl Default for SimOptions {
         SimOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             issuer: DEFAULT_ISSUER.to_owned(),
-            api_audiences: vec![DEFAULT_ISSUER.to_owned()],
+            api_audiences: Vec::new(),
             tls: true,
             out_dir: None,
         }
@@ -227,7 +228,7 @@ impl Sim {
         &self.cluster.issuer
     }
 
-    /// Its API audiences.
+    /// Its API audiences (`[issuer]` unless set).
     pub fn api_audiences(&self) -> &[String] {
         &self.cluster.api_audiences
     }

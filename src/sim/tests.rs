@@ -185,6 +185,24 @@ async fn hang_never_answers_and_status_failures_look_like_the_api_server() {
 }
 
 #[tokio::test]
+async fn api_audiences_follow_the_issuer_unless_set() {
+    let sim = Sim::start(SimOptions {
+        issuer: "https://issuer.example".into(),
+        ..SimOptions::default()
+    })
+    .await
+    .expect("sim");
+    assert_eq!(sim.api_audiences(), ["https://issuer.example".to_owned()]);
+    let client = client(&sim.ca_pem());
+    let token = sim.reviewer_token();
+    let (_, json) = review(&sim, &client, &token, &[]).await.expect("review");
+    assert_eq!(
+        json["status"]["audiences"],
+        json!(["https://issuer.example"])
+    );
+}
+
+#[tokio::test]
 async fn latency_is_added_to_reviews() {
     let sim = Sim::start(SimOptions::default()).await.expect("sim");
     let client = client(&sim.ca_pem());
