@@ -55,8 +55,16 @@ pub enum BuildError {
 /// credential read now, so a bad file fails at start), the decision pipeline, and the
 /// listener's TLS configuration.
 pub async fn build(config: &config::Config) -> Result<Gate, BuildError> {
+    build_with_clock(config, Arc::new(review::SystemClock)).await
+}
+
+/// [`build`] with a clock of the caller's (tests move time with it).
+pub async fn build_with_clock(
+    config: &config::Config,
+    clock: Arc<dyn review::Clock>,
+) -> Result<Gate, BuildError> {
     let upstream = upstream::Upstream::from_config(&config.upstream).await?;
-    let reviewer = review::Reviewer::new(config, upstream, Arc::new(review::SystemClock));
+    let reviewer = review::Reviewer::new(config, upstream, clock);
     let tls = match &config.tls {
         Some(t) => Some(tls::server_config(&t.cert_file, &t.key_file)?),
         None => None,

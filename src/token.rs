@@ -285,7 +285,7 @@ pub fn classify(raw: &str, issuers: &[String]) -> Result<Classified, Rejection> 
 }
 
 /// The API server's checks of a parsed token against the requested audiences at `now`:
-/// `exp`, `nbf`, `iat` with [`LEEWAY_SECONDS`], then the audience intersection. A token
+/// the audience intersection, then `nbf`, `exp`, `iat` with [`LEEWAY_SECONDS`]. A token
 /// without audiences (legacy) stands for `api_audiences`. Returns the audiences the token
 /// is valid for among the requested ones.
 pub fn check(
@@ -296,6 +296,19 @@ pub fn check(
 ) -> Result<Vec<String>, Rejection> {
     let now = unix_seconds(now);
     let claims = &token.claims;
+    // The API server checks the audience first, then the times (jwt.go, then claims.go).
+    let token_audiences = if claims.audiences.is_empty() {
+        api_audiences
+    } else {
+        &claims.audiences
+    };
+    let valid = intersect(token_audiences, requested);
+    if valid.is_empty() {
+        return Err(Rejection::Audience {
+            token: token_audiences.to_vec(),
+            requested: requested.to_vec(),
+        });
+    }
     // Go: `now.Add(leeway).Before(nbf)`, `now.Add(-leeway).After(exp)`; times are whole seconds.
     if let Some(not_before) = claims.not_before
         && now.saturating_add(LEEWAY_SECONDS) < not_before
@@ -311,18 +324,6 @@ pub fn check(
         && now.saturating_add(LEEWAY_SECONDS) < issued_at
     {
         return Err(Rejection::IssuedInTheFuture { issued_at, now });
-    }
-    let token_audiences = if claims.audiences.is_empty() {
-        api_audiences
-    } else {
-        &claims.audiences
-    };
-    let valid = intersect(token_audiences, requested);
-    if valid.is_empty() {
-        return Err(Rejection::Audience {
-            token: token_audiences.to_vec(),
-            requested: requested.to_vec(),
-        });
     }
     Ok(valid)
 }
@@ -879,6 +880,13 @@ mod tests {
             err.to_string(),
             r#"token audiences ["vault" "api"] is invalid for the target audiences ["y"]"#
         );
+    }
+
+    #[test]
+    fn the_audience_is_judged_before_the_times_as_the_api_server_does() {
+        let t = sa(&jwt(&projected())).unwrap();
+        let err = check(&t, &aud(&["y"]), &[], at(NOW + 86_400)).unwrap_err();
+        assert!(matches!(err, Rejection::Audience { .. }), "{err}");
     }
 
     #[test]

@@ -487,3 +487,184 @@ async fn an_upstream_yes_for_a_token_the_gate_sees_as_foreign_needs_an_api_audie
     );
     assert_eq!(gate.upstream_calls() - before, 1);
 }
+
+/// Waits (bounded) until the sim has received `n` more TokenReviews than `before`.
+async fn until_upstream_calls(gate: &TestGate, before: u64, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gate.upstream_calls() < before + n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sim never got the call"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_positive_verdict_lives_max_ttl_and_never_past_the_tokens_exp() {
+    let clock = TestClock::new();
+    let gate = spawn_gate_with_clock(&[("TOKENGATE_CACHE_MAX_TTL", "2m")], clock.clone()).await;
+
+    // A token that expires in 90 s: its verdict dies at exp, before max_ttl.
+    let uid = gate.sim.create_service_account("apps", "short");
+    let exp = tokengate::token::unix_seconds(tokengate::review::Clock::now(&*clock)) + 90;
+    let short = gate.sim.sign_claims(&claims(
+        &gate,
+        "apps",
+        "short",
+        &uid,
+        &["vault"],
+        exp - 100,
+        exp,
+    ));
+    let before = gate.upstream_calls();
+    assert!(authenticated(&gate.review(&short, None).await.1));
+    let at = |s: i64| UNIX_EPOCH + Duration::from_secs(s as u64);
+    let to_exp = at(exp)
+        .duration_since(tokengate::review::Clock::now(&*clock))
+        .unwrap();
+    clock.advance(to_exp - Duration::from_secs(1));
+    assert!(authenticated(&gate.review(&short, None).await.1));
+    assert_eq!(
+        gate.upstream_calls() - before,
+        1,
+        "served from the cache before exp"
+    );
+    clock.advance(Duration::from_secs(1));
+    let _ = gate.review(&short, None).await;
+    assert_eq!(
+        gate.upstream_calls() - before,
+        2,
+        "not served from the cache at exp"
+    );
+
+    // A one-hour token: capped by max_ttl.
+    // (The reviewer's own verdict expires on the same schedule: start it afresh.)
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    clock.advance(Duration::from_secs(121));
+    gate.authenticate_reviewer().await;
+    let before = gate.upstream_calls();
+    assert!(authenticated(&gate.review(&token, None).await.1));
+    clock.advance(Duration::from_secs(119));
+    assert!(authenticated(&gate.review(&token, None).await.1));
+    assert_eq!(
+        gate.upstream_calls() - before,
+        1,
+        "served from the cache inside max_ttl"
+    );
+    clock.advance(Duration::from_secs(1));
+    gate.authenticate_reviewer().await;
+    let before = gate.upstream_calls();
+    assert!(authenticated(&gate.review(&token, None).await.1));
+    assert_eq!(gate.upstream_calls() - before, 1, "asked again at max_ttl");
+}
+
+#[tokio::test]
+async fn a_401_re_reads_the_token_file_and_retries_once() {
+    let gate = spawn_gate(&[]).await;
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    let path = gate.files().join("reviewer.token");
+    let old = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        gate.sim
+            .delete_service_account("tokengate", "tokengate-reviewer")
+    );
+    gate.sim
+        .create_service_account("tokengate", "tokengate-reviewer");
+    let fresh = gate.mint(
+        "tokengate",
+        "tokengate-reviewer",
+        &[gate.sim.issuer()],
+        None,
+    );
+    assert_eq!(
+        fresh.len(),
+        old.trim().len(),
+        "same length, so the file's size does not give the change away"
+    );
+    // Rewrite in place (same inode, same size) and put the old mtime back: nothing about
+    // the file says it changed, so only the API server's 401 can tell the gate.
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, format!("{fresh}{}", &old[old.trim_end().len()..])).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let body = json!({"spec": {"token": token}}).to_string();
+    let before = gate.upstream_calls();
+    let (status, review) = gate.post("/review", Some(&fresh), body).await;
+    assert_eq!(status, StatusCode::CREATED, "{review}");
+    assert!(authenticated(&review), "{review}");
+    // Caller's token: 401 + retry; then the workload's token.
+    assert_eq!(gate.upstream_calls() - before, 3);
+}
+
+#[tokio::test]
+async fn past_max_in_flight_a_review_is_refused_at_once_not_queued() {
+    let gate = spawn_gate(&[("TOKENGATE_UPSTREAM_MAX_IN_FLIGHT", "1")]).await;
+    let first = gate.workload_token("apps", "web", &["vault"]);
+    let second = gate.workload_token("apps", "api", &["vault"]);
+    gate.sim.set_latency(Duration::from_secs(2));
+    let gate = std::sync::Arc::new(gate);
+    let before = gate.upstream_calls();
+    let slow = tokio::spawn({
+        let gate = gate.clone();
+        async move { gate.review(&first, None).await }
+    });
+    until_upstream_calls(&gate, before, 1).await;
+    let (status, body) = gate.review(&second, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream.max_in_flight"),
+        "{body}"
+    );
+    let (status, review) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(authenticated(&review));
+    assert_eq!(
+        gate.upstream_calls() - before,
+        1,
+        "the refused review never reached the sim"
+    );
+}
+
+#[tokio::test]
+async fn the_api_server_can_be_named_by_a_kubeconfig() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = tokengate::sim::Sim::start(tokengate::sim::SimOptions {
+        out_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nkubeconfig = \"{}\"\n[policy]\naudiences = [\"vault\"]\nissuers = [\"{}\"]\n[access]\nreview_callers = [\"system:serviceaccount:tokengate:tokengate-reviewer\"]\n",
+        dir.path().join("kubeconfig").display(),
+        sim.issuer()
+    );
+    let config = tokengate::config::from_str(&text, std::iter::empty()).unwrap();
+    let gate = tokengate::build(&config).await.unwrap();
+    sim.create_service_account("apps", "web");
+    let token = sim
+        .mint(&tokengate::sim::MintRequest {
+            namespace: "apps".into(),
+            service_account: "web".into(),
+            audiences: vec!["vault".into()],
+            expiration_seconds: None,
+            pod: None,
+        })
+        .unwrap();
+    let decision = gate
+        .state
+        .reviewer
+        .review(&token, &["vault".to_string()])
+        .await
+        .unwrap();
+    assert!(decision.verdict.authenticated, "{:?}", decision.verdict);
+}

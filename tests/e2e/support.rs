@@ -28,6 +28,37 @@ pub struct TestGate {
 /// Starts a sim and a gate in front of it, with the gate's config overridden by
 /// `env` (`TOKENGATE_…` pairs, exactly as an operator would set them).
 pub async fn spawn_gate(env: &[(&str, &str)]) -> TestGate {
+    spawn_gate_with_clock(env, Arc::new(tokengate::review::SystemClock)).await
+}
+
+/// A clock the test moves by hand.
+pub struct TestClock(std::sync::Mutex<std::time::SystemTime>);
+
+impl TestClock {
+    /// Starts at the real time now.
+    pub fn new() -> Arc<TestClock> {
+        Arc::new(TestClock(std::sync::Mutex::new(
+            std::time::SystemTime::now(),
+        )))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: std::time::Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+impl tokengate::review::Clock for TestClock {
+    fn now(&self) -> std::time::SystemTime {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// [`spawn_gate`] with the gate reading time from `clock`.
+pub async fn spawn_gate_with_clock(
+    env: &[(&str, &str)],
+    clock: Arc<dyn tokengate::review::Clock>,
+) -> TestGate {
     let dir = tempfile::tempdir().unwrap();
     let sim = Sim::start(SimOptions {
         out_dir: Some(dir.path().to_path_buf()),
@@ -35,7 +66,10 @@ pub async fn spawn_gate(env: &[(&str, &str)]) -> TestGate {
     })
     .await
     .expect("the sim starts");
-    spawn_gate_for(sim, dir, env).await
+    let gate = start(sim, dir, env, None, clock).await;
+    gate.wait_ready().await;
+    gate.authenticate_reviewer().await;
+    gate
 }
 
 /// Starts a sim and a gate in front of it that serves HTTPS with a certificate for
@@ -56,7 +90,14 @@ pub async fn spawn_https_gate(env: &[(&str, &str)]) -> TestGate {
     })
     .await
     .expect("the sim starts");
-    let mut gate = start(sim, dir, &env, Some(ca)).await;
+    let mut gate = start(
+        sim,
+        dir,
+        &env,
+        Some(ca),
+        Arc::new(tokengate::review::SystemClock),
+    )
+    .await;
     gate.url = gate.url.replace("http://", "https://");
     gate.wait_ready().await;
     gate.authenticate_reviewer().await;
@@ -82,7 +123,14 @@ fn serving_certificate(dir: &Path) -> String {
 
 /// Starts a gate in front of an already running sim whose files are in `dir`.
 pub async fn spawn_gate_for(sim: Sim, dir: tempfile::TempDir, env: &[(&str, &str)]) -> TestGate {
-    let gate = start(sim, dir, env, None).await;
+    let gate = start(
+        sim,
+        dir,
+        env,
+        None,
+        Arc::new(tokengate::review::SystemClock),
+    )
+    .await;
     gate.wait_ready().await;
     gate.authenticate_reviewer().await;
     gate
@@ -93,6 +141,7 @@ async fn start(
     dir: tempfile::TempDir,
     env: &[(&str, &str)],
     gate_ca: Option<String>,
+    clock: Arc<dyn tokengate::review::Clock>,
 ) -> TestGate {
     let text = tokengate::cli::dev_config(
         "127.0.0.1:0".parse().unwrap(),
@@ -102,7 +151,9 @@ async fn start(
     );
     let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
     let config = tokengate::config::from_str(&text, env).expect("a valid test config");
-    let gate = tokengate::build(&config).await.expect("the gate builds");
+    let gate = tokengate::build_with_clock(&config, clock)
+        .await
+        .expect("the gate builds");
     let state = gate.state.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
