@@ -36,10 +36,24 @@ pub struct Config {
     pub cache: Cache,
     /// Who may call the TokenReview endpoints.
     pub access: Access,
+    /// Who `/auth` lets through.
+    pub auth: AuthPolicy,
     /// HTTPS for the listener; plain HTTP when absent.
     pub tls: Option<Tls>,
     /// Things that work but deserve an operator's attention (logged at start).
     pub warnings: Vec<String>,
+}
+
+/// Who the ingress hook (`/auth`) lets through once the token is valid (`[auth]`).
+/// All empty (the default): every authenticated token.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuthPolicy {
+    /// Usernames allowed.
+    pub users: BTreeSet<String>,
+    /// Groups allowed.
+    pub groups: BTreeSet<String>,
+    /// Namespaces whose service accounts are allowed.
+    pub namespaces: BTreeSet<String>,
 }
 
 /// The listener's certificate and key (`[tls]`).
@@ -241,7 +255,7 @@ struct InClusterEnv {
 }
 
 /// Sections of the file; an environment variable's name is `TOKENGATE_` + section + key.
-const SECTIONS: [&str; 5] = ["upstream", "policy", "cache", "access", "tls"];
+const SECTIONS: [&str; 6] = ["upstream", "policy", "cache", "access", "auth", "tls"];
 
 /// Writes `TOKENGATE_<SECTION>_<KEY>=value` into the table; returns the dotted key, or
 /// `None` when the name fits no section. Values are read as TOML when they parse as a
@@ -276,7 +290,19 @@ struct Raw {
     policy: RawPolicy,
     cache: RawCache,
     access: RawAccess,
+    auth: RawAuth,
     tls: Option<RawTls>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawAuth {
+    #[serde(deserialize_with = "list")]
+    users: Option<Vec<String>>,
+    #[serde(deserialize_with = "list")]
+    groups: Option<Vec<String>>,
+    #[serde(deserialize_with = "list")]
+    namespaces: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -494,6 +520,13 @@ impl Raw {
             warnings.push("access.review_callers is empty: every call to the TokenReview endpoints will be refused (403); list the callers, e.g. [\"system:serviceaccount:vault:vault-auth\"]".into());
         }
 
+        let a = self.auth;
+        let auth = AuthPolicy {
+            users: a.users.unwrap_or_default().into_iter().collect(),
+            groups: a.groups.unwrap_or_default().into_iter().collect(),
+            namespaces: a.namespaces.unwrap_or_default().into_iter().collect(),
+        };
+
         let tls = match self.tls.map(|t| (t.cert_file, t.key_file)) {
             None => None,
             Some((Some(cert_file), Some(key_file))) => Some(Tls {
@@ -515,6 +548,7 @@ impl Raw {
             policy,
             cache,
             access,
+            auth,
             tls,
             warnings,
         })

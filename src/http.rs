@@ -1,7 +1,7 @@
 //! The HTTP surface: the axum router, its middleware stack, and the one place where
 //! errors become responses.
 //!
-//! Responsible for: the TokenReview endpoints (`POST /review`,
+//! Responsible for: routing (`/auth` is answered in `ingress`), the TokenReview endpoints (`POST /review`,
 //! `POST /apis/authentication.k8s.io/{v1,v1beta1}/tokenreviews`) answered exactly as the
 //! API server answers (201, `spec` echoed, `status` always present, the request's own
 //! API version back), caller authentication and authorization on them, `/healthz` and
@@ -20,14 +20,14 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Status};
 use serde::Deserialize;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
-use crate::config::Access;
+use crate::config::{Access, AuthPolicy};
 use crate::review::{Decision, Reviewer};
 use crate::upstream::UpstreamError;
 
@@ -45,6 +45,8 @@ pub struct AppState {
     pub reviewer: Arc<Reviewer>,
     /// Who may call the TokenReview endpoints.
     pub access: Access,
+    /// Who `/auth` lets through.
+    pub auth: AuthPolicy,
 }
 
 /// The router with its middleware stack. Tests drive it directly.
@@ -60,6 +62,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/apis/authentication.k8s.io/v1beta1/tokenreviews",
             post(token_review),
         )
+        .route("/auth", any(crate::ingress::auth))
+        .route("/auth/", any(crate::ingress::auth))
+        .route("/auth/{*path}", any(crate::ingress::auth))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)

@@ -11,7 +11,7 @@
 //!                    ──▶  upstream (the API server: TokenReview, reviewer credential)
 //! ```
 //!
-//! `config` turns the file and environment into a validated [`config::Config`]; `cli`
+//! `ingress` answers the `/auth` hook of nginx, Traefik and Envoy. `config` turns the file and environment into a validated [`config::Config`]; `cli`
 //! is the command line; `sim` is a small, faithful API server used by `tokengate dev`,
 //! the tests and the benches. The entry points are [`build`] and [`run`].
 
@@ -20,6 +20,7 @@ pub mod cli;
 
 pub mod config;
 pub mod http;
+pub mod ingress;
 pub mod review;
 pub mod sim;
 pub mod tls;
@@ -72,6 +73,7 @@ pub async fn build_with_clock(
     let state = Arc::new(AppState {
         reviewer: Arc::new(reviewer),
         access: config.access.clone(),
+        auth: config.auth.clone(),
     });
     Ok(Gate { state, tls })
 }

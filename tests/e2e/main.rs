@@ -5,4 +5,5 @@
 mod cli;
 mod clients;
 mod gate;
+mod ingress;
 mod support;

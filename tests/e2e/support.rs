@@ -244,6 +244,19 @@ impl TestGate {
         )
     }
 
+    /// Any request to `path` with an optional bearer token: status, headers, body text.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> (StatusCode, http::HeaderMap, String) {
+        let url = format!("{}{path}", self.url);
+        let (status, headers, body) =
+            exchange(&self.client, method, &url, bearer, String::new()).await;
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// The sim's TokenReview counter.
     pub fn upstream_calls(&self) -> u64 {
         self.sim.reviews_served()
@@ -307,6 +320,17 @@ async fn raw(
     bearer: Option<&str>,
     body: String,
 ) -> (StatusCode, Bytes) {
+    let (status, _, bytes) = exchange(client, method, url, bearer, body).await;
+    (status, bytes)
+}
+
+async fn exchange(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    bearer: Option<&str>,
+    body: String,
+) -> (StatusCode, http::HeaderMap, Bytes) {
     let mut request = Request::builder()
         .method(method)
         .uri(url)
@@ -319,8 +343,9 @@ async fn raw(
         .await
         .expect("the gate answers");
     let status = response.status();
+    let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, bytes)
+    (status, headers, bytes)
 }
 
 /// The built `tokengate` binary.

@@ -1,0 +1,274 @@
+//! The ingress auth hook: `/auth` for nginx `auth_request`, Traefik ForwardAuth and
+//! Envoy's HTTP ext_authz.
+//!
+//! Responsible for: taking the workload's token from `Authorization: Bearer`, the
+//! audiences from `?audience=` (repeatable; else `policy.audiences`), running the same
+//! review pipeline as the TokenReview endpoints, and answering in the shape these proxies
+//! understand: exactly `200` with the identity in the Kubernetes authenticating-proxy
+//! headers (`X-Remote-User`, `X-Remote-Uid`, one `X-Remote-Group` per group,
+//! `X-Remote-Extra-<key>` per extra value), `401` with an RFC 6750 `WWW-Authenticate`
+//! challenge, `403` for a valid token outside the `[auth]` allow-list, `503` when the
+//! answer cannot be known now. Never a 5xx for a definitive deny.
+//!
+//! Not responsible for: the decision itself (see `review`).
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::authentication::v1::UserInfo;
+
+use crate::config::AuthPolicy;
+use crate::http::{AppState, bearer};
+
+/// `GET|POST|… /auth[/anything]?audience=A&audience=B`.
+pub async fn auth(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let Some(token) = bearer(request.headers()) else {
+        return challenge(None);
+    };
+    let requested: Vec<String> = request
+        .uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .filter(|(k, v)| k == "audience" && !v.is_empty())
+                .map(|(_, v)| v.into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let requested = if requested.is_empty() {
+        state.reviewer.default_audiences()
+    } else {
+        &requested
+    };
+    let decision = match state.reviewer.review(token, requested).await {
+        Ok(d) => d,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                format!("cannot decide now: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    tracing::debug!(
+        source = decision.source.as_str(),
+        authenticated = decision.verdict.authenticated,
+        "ingress token reviewed"
+    );
+    let verdict = &decision.verdict;
+    if !verdict.authenticated {
+        return challenge(Some(&verdict.error));
+    }
+    let user = verdict.user.as_ref().cloned().unwrap_or_default();
+    if let Err(why) = state.auth.allows(&user) {
+        return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+    }
+    match identity_headers(&user) {
+        Some(headers) => (StatusCode::OK, headers, "ok\n").into_response(),
+        None => (
+            StatusCode::FORBIDDEN,
+            "the token's identity cannot be carried in HTTP headers\n",
+        )
+            .into_response(),
+    }
+}
+
+/// A `401` with the RFC 6750 challenge: no `error` attribute when no token was sent.
+fn challenge(error: Option<&str>) -> Response {
+    let value = match error {
+        None => r#"Bearer realm="tokengate""#.to_string(),
+        Some(e) => format!(
+            r#"Bearer realm="tokengate", error="invalid_token", error_description="{}""#,
+            description(e)
+        ),
+    };
+    let value = HeaderValue::from_str(&value).expect("the description is sanitised");
+    let body = match error {
+        None => "no bearer token\n".to_string(),
+        Some(e) => format!("invalid token: {e}\n"),
+    };
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, value)],
+        body,
+    )
+        .into_response()
+}
+
+/// RFC 6750 §3: `error_description` holds only %x20-21 / %x23-5B / %x5D-7E, so quotes
+/// become apostrophes, backslashes slashes, anything else a space.
+fn description(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' '..='~' => c,
+            _ => ' ',
+        })
+        .collect()
+}
+
+/// The authenticating-proxy headers for `user`, or `None` if a value cannot be a header.
+pub fn identity_headers(user: &UserInfo) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    let value = |s: &str| HeaderValue::from_bytes(s.as_bytes()).ok();
+    headers.insert("x-remote-user", value(user.username.as_deref()?)?);
+    if let Some(uid) = user.uid.as_deref().filter(|u| !u.is_empty()) {
+        headers.insert("x-remote-uid", value(uid)?);
+    }
+    for group in user.groups.iter().flatten() {
+        headers.append("x-remote-group", value(group)?);
+    }
+    for (key, values) in user.extra.iter().flatten() {
+        let name = HeaderName::from_bytes(format!("x-remote-extra-{}", escape_key(key)).as_bytes())
+            .ok()?;
+        for v in values {
+            headers.append(name.clone(), value(v)?);
+        }
+    }
+    Some(headers)
+}
+
+/// Percent-encodes an extra key for a header name. Kubernetes reads the name back with
+/// `url.PathUnescape` (and lower-cases it), so every byte but the unreserved ones is
+/// encoded: that also keeps the name within HTTP's token characters.
+fn escape_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b).to_ascii_lowercase());
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl AuthPolicy {
+    /// Whether `/auth` lets this user through: with no list configured, any authenticated
+    /// token; otherwise a listed user, a member of a listed group, or a service account of
+    /// a listed namespace.
+    pub fn allows(&self, user: &UserInfo) -> Result<(), String> {
+        if self.users.is_empty() && self.groups.is_empty() && self.namespaces.is_empty() {
+            return Ok(());
+        }
+        let username = user.username.as_deref().unwrap_or_default();
+        let namespace = username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(ns, _)| ns);
+        let allowed = self.users.contains(username)
+            || user
+                .groups
+                .iter()
+                .flatten()
+                .any(|g| self.groups.contains(g))
+            || namespace.is_some_and(|ns| self.namespaces.contains(ns));
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "{username} is authenticated but not allowed here (auth.users, auth.groups, auth.namespaces)"
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn user() -> UserInfo {
+        UserInfo {
+            username: Some("system:serviceaccount:apps:web".into()),
+            uid: Some("sa-1".into()),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                "system:serviceaccounts:apps".into(),
+            ]),
+            extra: Some(BTreeMap::from([
+                (
+                    "authentication.kubernetes.io/pod-name".to_string(),
+                    vec!["web-0".to_string()],
+                ),
+                (
+                    "authentication.kubernetes.io/credential-id".to_string(),
+                    vec!["JTI=1".to_string()],
+                ),
+            ])),
+        }
+    }
+
+    #[test]
+    fn identity_goes_into_the_authenticating_proxy_headers() {
+        let h = identity_headers(&user()).unwrap();
+        assert_eq!(h["x-remote-user"], "system:serviceaccount:apps:web");
+        assert_eq!(h["x-remote-uid"], "sa-1");
+        let groups: Vec<_> = h.get_all("x-remote-group").iter().collect();
+        assert_eq!(
+            groups,
+            ["system:serviceaccounts", "system:serviceaccounts:apps"]
+        );
+        assert_eq!(
+            h["x-remote-extra-authentication.kubernetes.io%2Fpod-name"],
+            "web-0"
+        );
+        assert_eq!(
+            h["x-remote-extra-authentication.kubernetes.io%2Fcredential-id"],
+            "JTI=1"
+        );
+    }
+
+    #[test]
+    fn extra_keys_are_escaped_so_kubernetes_unescapes_them_back() {
+        assert_eq!(
+            escape_key("example.org/Key:with spaces"),
+            "example.org%2Fkey%3Awith%20spaces"
+        );
+    }
+
+    #[test]
+    fn the_challenge_description_holds_only_rfc_6750_characters() {
+        let d = description(r#"token audiences ["x"] is invalid \ é"#);
+        assert_eq!(d, "token audiences ['x'] is invalid /  ");
+        let r = challenge(Some(r#"a "quoted" reason"#));
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="tokengate", error="invalid_token", error_description="a 'quoted' reason""#
+        );
+        assert_eq!(
+            challenge(None).headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="tokengate""#
+        );
+    }
+
+    #[test]
+    fn the_allow_list_admits_users_groups_and_namespaces() {
+        let open = AuthPolicy::default();
+        assert!(open.allows(&user()).is_ok());
+        let by_ns = AuthPolicy {
+            namespaces: ["apps".to_string()].into(),
+            ..AuthPolicy::default()
+        };
+        assert!(by_ns.allows(&user()).is_ok());
+        let by_group = AuthPolicy {
+            groups: ["system:serviceaccounts:apps".to_string()].into(),
+            ..AuthPolicy::default()
+        };
+        assert!(by_group.allows(&user()).is_ok());
+        let other = AuthPolicy {
+            namespaces: ["payments".to_string()].into(),
+            ..AuthPolicy::default()
+        };
+        assert!(
+            other
+                .allows(&user())
+                .unwrap_err()
+                .contains("not allowed here")
+        );
+    }
+}
