@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ingress;
+pub mod reload;
 pub mod review;
 pub mod sim;
 pub mod tls;

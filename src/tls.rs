@@ -2,8 +2,11 @@
 //! hands `axum::serve` only connections whose TLS handshake has finished.
 //!
 //! Responsible for: loading `[tls] cert_file`/`key_file` (TLS 1.2 and 1.3 only, as rustls
-//! offers), and running handshakes concurrently, each bounded in time, so that a client
-//! that stalls its handshake holds up nobody else.
+//! offers) and loading them again when they change (cert-manager rotates them: every
+//! handshake checks the files' stamps, two `stat`s against a handshake's far larger
+//! cost; a pair that fails to load is logged and the last good one kept), and running
+//! handshakes concurrently, each bounded in time, so that a client that stalls its
+//! handshake holds up nobody else.
 //!
 //! Not responsible for: HTTP (axum serves the streams this yields).
 
@@ -12,10 +15,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::RwLock;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+
+use crate::reload::Stamp;
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,11 +55,101 @@ pub enum TlsError {
     Rustls(#[source] rustls::Error),
 }
 
-/// Builds the server configuration from a PEM certificate chain and a PEM private key.
+/// Builds the server configuration from a PEM certificate chain and a PEM private key,
+/// which are re-read whenever they change.
 pub fn server_config(
     cert_file: &Path,
     key_file: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certificate = ReloadingCertificate::load(cert_file, key_file, &provider)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Rustls)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(certificate));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The serving certificate, re-read when its files change.
+#[derive(Debug)]
+struct ReloadingCertificate {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    stamps: (Option<Stamp>, Option<Stamp>),
+    key: Arc<CertifiedKey>,
+}
+
+impl ReloadingCertificate {
+    fn load(
+        cert_file: &Path,
+        key_file: &Path,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<ReloadingCertificate, TlsError> {
+        let loaded = load_pair(cert_file, key_file, provider)?;
+        Ok(ReloadingCertificate {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            provider: Arc::clone(provider),
+            current: RwLock::new(loaded),
+        })
+    }
+
+    fn stamps(&self) -> (Option<Stamp>, Option<Stamp>) {
+        (
+            Stamp::of(&self.cert_file).ok(),
+            Stamp::of(&self.key_file).ok(),
+        )
+    }
+
+    /// The current pair, after loading the files again if they changed.
+    fn current(&self) -> Arc<CertifiedKey> {
+        let stamps = self.stamps();
+        {
+            let current = self.current.read().expect("certificate lock");
+            if current.stamps == stamps {
+                return Arc::clone(&current.key);
+            }
+        }
+        let mut current = self.current.write().expect("certificate lock");
+        if current.stamps != stamps {
+            match load_pair(&self.cert_file, &self.key_file, &self.provider) {
+                Ok(loaded) => {
+                    tracing::info!(cert_file = %self.cert_file.display(), "serving certificate reloaded");
+                    *current = loaded;
+                }
+                Err(e) => {
+                    // Remember the stamps so a broken pair is reported once, not per handshake;
+                    // the next change is tried again.
+                    tracing::warn!(error = %e, "cannot reload the serving certificate; keeping the last good one");
+                    current.stamps = stamps;
+                }
+            }
+        }
+        Arc::clone(&current.key)
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn load_pair(
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &CryptoProvider,
+) -> Result<Loaded, TlsError> {
+    // Stamped before reading: a change during the read is seen next time.
+    let stamps = (Stamp::of(cert_file).ok(), Stamp::of(key_file).ok());
     let read = |path: &Path| {
         std::fs::read(path).map_err(|source| TlsError::Read {
             path: path.to_path_buf(),
@@ -68,16 +168,11 @@ pub fn server_config(
         .ok()
         .flatten()
         .ok_or_else(|| TlsError::NoKey(key_file.to_path_buf()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .map_err(TlsError::Rustls)?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(TlsError::Rustls)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    let key = CertifiedKey::from_der(certs, key, provider).map_err(TlsError::Rustls)?;
+    Ok(Loaded {
+        stamps,
+        key: Arc::new(key),
+    })
 }
 
 /// A listener whose connections have finished their TLS handshake.

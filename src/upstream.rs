@@ -13,10 +13,9 @@
 //! 500 ms × 1.5 with 20 % jitter, honouring `Retry-After`.
 
 use std::io;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
@@ -31,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::config;
+use crate::reload::Stamp;
 
 /// The largest TokenReview answer read from the API server.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -486,14 +486,6 @@ struct Loaded {
     stamp: Option<Stamp>,
 }
 
-/// What tells a rewritten file apart: the kubelet swaps a symlink, so the inode changes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    inode: u64,
-    len: u64,
-}
-
 impl Credential {
     fn none() -> Credential {
         Credential {
@@ -526,7 +518,7 @@ impl Credential {
     /// The Authorization header, re-reading the file first when it changed.
     fn header(&self) -> Option<HeaderValue> {
         if let Some(path) = &self.file {
-            let stamp = stamp(path).ok();
+            let stamp = Stamp::of(path).ok();
             let unchanged = self
                 .current
                 .read()
@@ -558,17 +550,8 @@ impl Credential {
     }
 }
 
-fn stamp(path: &Path) -> io::Result<Stamp> {
-    let m = std::fs::metadata(path)?;
-    Ok(Stamp {
-        modified: m.modified().ok(),
-        inode: m.ino(),
-        len: m.len(),
-    })
-}
-
 fn read_token_file(path: &Path) -> io::Result<Loaded> {
-    let before = stamp(path)?;
+    let before = Stamp::of(path)?;
     let text = std::fs::read_to_string(path)?;
     let header = bearer(text.trim()).ok_or_else(|| {
         io::Error::new(

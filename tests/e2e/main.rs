@@ -7,3 +7,4 @@ mod clients;
 mod gate;
 mod ingress;
 mod support;
+mod tls;

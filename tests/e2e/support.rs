@@ -104,8 +104,9 @@ pub async fn spawn_https_gate(env: &[(&str, &str)]) -> TestGate {
     gate
 }
 
-/// Writes `gate.crt`/`gate.key` (for 127.0.0.1 and localhost) into `dir`; returns the CA's PEM.
-fn serving_certificate(dir: &Path) -> String {
+/// Writes `gate.crt`/`gate.key` (for 127.0.0.1 and localhost, from a new CA) into `dir`
+/// the way cert-manager does (new files renamed over the old); returns the CA's PEM.
+pub fn serving_certificate(dir: &Path) -> String {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -116,8 +117,11 @@ fn serving_certificate(dir: &Path) -> String {
         CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
     let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
     let cert = params.signed_by(&key, &issuer).unwrap();
-    std::fs::write(dir.join("gate.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("gate.key"), key.serialize_pem()).unwrap();
+    for (name, pem) in [("gate.crt", cert.pem()), ("gate.key", key.serialize_pem())] {
+        let tmp = dir.join(format!("{name}.new"));
+        std::fs::write(&tmp, pem).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
     ca.pem()
 }
 
