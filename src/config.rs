@@ -133,12 +133,38 @@ pub struct Cache {
 }
 
 /// Who may call the TokenReview endpoints.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Access {
+    /// How callers are authorized. Default: the allow-list.
+    pub mode: AccessMode,
     /// Usernames allowed (`system:serviceaccount:vault:vault-auth`).
     pub users: BTreeSet<String>,
     /// Groups allowed (written `group:NAME` in the file).
     pub groups: BTreeSet<String>,
+    /// How long a SubjectAccessReview's answer is kept. Default 1m: RBAC changes reach
+    /// the gate within a minute, while a busy caller costs one SAR a minute.
+    pub sar_ttl: Duration,
+}
+
+/// How callers of the TokenReview endpoints are authorized (`access.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessMode {
+    /// `"allowlist"`: the users and groups of `access.review_callers`.
+    AllowList,
+    /// `"subjectaccessreview"`: ask the API server whether the caller may `create`
+    /// `tokenreviews` in `authentication.k8s.io`, as the API server itself does.
+    SubjectAccessReview,
+}
+
+impl Default for Access {
+    fn default() -> Access {
+        Access {
+            mode: AccessMode::AllowList,
+            users: BTreeSet::new(),
+            groups: BTreeSet::new(),
+            sar_ttl: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Access {
@@ -349,8 +375,10 @@ struct RawCache {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct RawAccess {
+    mode: Option<String>,
     #[serde(deserialize_with = "list")]
     review_callers: Option<Vec<String>>,
+    sar_ttl: Option<String>,
 }
 
 /// A list given as an array, or (from the environment) as a comma-separated string.
@@ -500,6 +528,21 @@ impl Raw {
         };
 
         let mut access = Access::default();
+        access.mode = match self.access.mode.as_deref() {
+            None | Some("allowlist") => AccessMode::AllowList,
+            Some("subjectaccessreview") => AccessMode::SubjectAccessReview,
+            Some(other) => {
+                c.problems.push(format!(
+                    "`access.mode` = {other:?} is not a mode; use \"allowlist\" or \"subjectaccessreview\""
+                ));
+                AccessMode::AllowList
+            }
+        };
+        access.sar_ttl = c.duration(
+            "access.sar_ttl",
+            self.access.sar_ttl.as_deref(),
+            access.sar_ttl,
+        );
         for entry in self.access.review_callers.unwrap_or_default() {
             match entry.strip_prefix("group:") {
                 Some("") => c
@@ -516,7 +559,10 @@ impl Raw {
                 }
             }
         }
-        if access.users.is_empty() && access.groups.is_empty() {
+        if access.mode == AccessMode::AllowList
+            && access.users.is_empty()
+            && access.groups.is_empty()
+        {
             warnings.push("access.review_callers is empty: every call to the TokenReview endpoints will be refused (403); list the callers, e.g. [\"system:serviceaccount:vault:vault-auth\"]".into());
         }
 
@@ -866,6 +912,24 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("API server's own audiences"))
         );
+    }
+
+    #[test]
+    fn access_mode_is_allowlist_or_subjectaccessreview() {
+        let c = from_str(
+            "[access]\nmode = \"subjectaccessreview\"\nsar_ttl = \"30s\"\n",
+            in_cluster(),
+        )
+        .unwrap();
+        assert_eq!(c.access.mode, AccessMode::SubjectAccessReview);
+        assert_eq!(c.access.sar_ttl, Duration::from_secs(30));
+        assert!(
+            !c.warnings
+                .iter()
+                .any(|w| w.contains("review_callers is empty"))
+        );
+        let p = problems("[access]\nmode = \"rbac\"\n", in_cluster());
+        assert!(p[0].contains("`access.mode` = \"rbac\""), "{p:?}");
     }
 
     #[test]

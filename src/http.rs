@@ -27,7 +27,8 @@ use serde::Deserialize;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
-use crate::config::{Access, AuthPolicy};
+use crate::access::CallerAccess;
+use crate::config::AuthPolicy;
 use crate::review::{Decision, Reviewer};
 use crate::upstream::UpstreamError;
 
@@ -44,7 +45,7 @@ pub struct AppState {
     /// The decision pipeline.
     pub reviewer: Arc<Reviewer>,
     /// Who may call the TokenReview endpoints.
-    pub access: Access,
+    pub access: CallerAccess,
     /// Who `/auth` lets through.
     pub auth: AuthPolicy,
 }
@@ -193,16 +194,12 @@ async fn authorize_caller(state: &AppState, headers: &HeaderMap) -> Result<(), A
         return Err(ApiError::Unauthorized);
     }
     let user = decision.verdict.user.clone().unwrap_or_default();
-    let username = user.username.unwrap_or_default();
-    if state
-        .access
-        .allows(&username, user.groups.as_deref().unwrap_or_default())
-    {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "tokenreviews.authentication.k8s.io is forbidden: User {username:?} cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope (not in access.review_callers)"
-        )))
+    match state.access.check(&user).await? {
+        Ok(()) => Ok(()),
+        Err(why) => Err(ApiError::Forbidden(format!(
+            "tokenreviews.authentication.k8s.io is forbidden: User {:?} cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope: {why}",
+            user.username.unwrap_or_default()
+        ))),
     }
 }
 

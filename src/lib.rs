@@ -15,6 +15,7 @@
 //! is the command line; `sim` is a small, faithful API server used by `tokengate dev`,
 //! the tests and the benches. The entry points are [`build`] and [`run`].
 
+pub mod access;
 pub mod cache;
 pub mod cli;
 
@@ -71,9 +72,10 @@ pub async fn build_with_clock(
         Some(t) => Some(tls::server_config(&t.cert_file, &t.key_file)?),
         None => None,
     };
+    let access = access::CallerAccess::new(config.access.clone(), Arc::clone(reviewer.upstream()));
     let state = Arc::new(AppState {
         reviewer: Arc::new(reviewer),
-        access: config.access.clone(),
+        access,
         auth: config.auth.clone(),
     });
     Ok(Gate { state, tls })

@@ -106,8 +106,8 @@ impl Reviewer {
         &self.policy.audiences
     }
 
-    /// The API server client (readiness, time budget).
-    pub fn upstream(&self) -> &Upstream {
+    /// The API server client (readiness, time budget, access reviews).
+    pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
     }
 

@@ -1,4 +1,4 @@
-//! The API-server client: TokenReview with the reviewer credential.
+//! The API-server client: TokenReview and SubjectAccessReview with the reviewer credential.
 //!
 //! Responsible for: one `POST /apis/authentication.k8s.io/v1/tokenreviews` per call, over
 //! TLS that trusts only the cluster's CA, authenticated with the reviewer credential (a
@@ -25,7 +25,12 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use k8s_openapi::api::authentication::v1::{
+    TokenReview, TokenReviewSpec, TokenReviewStatus, UserInfo,
+};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -112,6 +117,7 @@ pub enum BuildError {
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     review_uri: Uri,
+    access_review_uri: Uri,
     credential: Credential,
     limit: Arc<Semaphore>,
     max_in_flight: usize,
@@ -148,15 +154,16 @@ impl Upstream {
                 from_kubeconfig(path, context.clone()).await?
             }
         };
-        let review_uri = format!(
-            "{}/apis/authentication.k8s.io/v1/tokenreviews",
-            base.trim_end_matches('/')
-        )
-        .parse()
-        .map_err(|e| BuildError::Kubeconfig {
-            path: PathBuf::new(),
-            message: format!("the API server URL {base} is not usable: {e}"),
-        })?;
+        let endpoint = |path: &str| {
+            format!("{}{path}", base.trim_end_matches('/'))
+                .parse::<Uri>()
+                .map_err(|e| BuildError::Kubeconfig {
+                    path: PathBuf::new(),
+                    message: format!("the API server URL {base} is not usable: {e}"),
+                })
+        };
+        let review_uri = endpoint("/apis/authentication.k8s.io/v1/tokenreviews")?;
+        let access_review_uri = endpoint("/apis/authorization.k8s.io/v1/subjectaccessreviews")?;
 
         let mut root_store = rustls::RootCertStore::empty();
         for cert in roots.unwrap_or_default() {
@@ -185,6 +192,7 @@ impl Upstream {
         Ok(Upstream {
             client,
             review_uri,
+            access_review_uri,
             credential,
             limit: Arc::new(Semaphore::new(cfg.max_in_flight)),
             max_in_flight: cfg.max_in_flight,
@@ -233,12 +241,6 @@ impl Upstream {
         token: &str,
         audiences: &[String],
     ) -> Result<TokenReviewStatus, UpstreamError> {
-        let _permit = self
-            .limit
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| UpstreamError::Saturated(self.max_in_flight))?;
-        let deadline = Instant::now() + self.timeout;
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
@@ -246,17 +248,69 @@ impl Upstream {
             },
             ..TokenReview::default()
         };
-        let body = Bytes::from(serde_json::to_vec(&review).expect("a TokenReview serialises"));
+        let body = serde_json::to_vec(&review).expect("a TokenReview serialises");
+        let status = parse_review(&self.call(&self.review_uri, body.into()).await?)?;
+        self.ready.send_if_modified(|r| !std::mem::replace(r, true));
+        Ok(status)
+    }
+
+    /// Asks the API server (SubjectAccessReview) whether `user` may create TokenReviews,
+    /// as the API server itself requires of a TokenReview's caller. `Ok(Err(reason))` is
+    /// a definitive no.
+    #[tracing::instrument(skip_all, name = "upstream.access_review")]
+    pub async fn may_review_tokens(
+        &self,
+        user: &UserInfo,
+    ) -> Result<Result<(), String>, UpstreamError> {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: user.username.clone(),
+                uid: user.uid.clone(),
+                groups: user.groups.clone(),
+                extra: user.extra.clone(),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some("authentication.k8s.io".into()),
+                    resource: Some("tokenreviews".into()),
+                    verb: Some("create".into()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let body = serde_json::to_vec(&review).expect("a SubjectAccessReview serialises");
+        let bytes = self.call(&self.access_review_uri, body.into()).await?;
+        let answer: SubjectAccessReview = serde_json::from_slice(&bytes).map_err(|e| {
+            UpstreamError::BadResponse(format!("invalid SubjectAccessReview JSON ({e})"))
+        })?;
+        let status = answer.status.ok_or_else(|| {
+            UpstreamError::BadResponse("the SubjectAccessReview has no status".into())
+        })?;
+        if status.allowed && status.denied != Some(true) {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(status.reason.filter(|r| !r.is_empty()).unwrap_or_else(
+                || "no RBAC rule allows it (SubjectAccessReview)".into(),
+            )))
+        }
+    }
+
+    /// POSTs `body` to `uri` under the in-flight bound and the time budget, retrying what
+    /// is retryable and re-reading the credential once on a 401; returns the answer's body.
+    async fn call(&self, uri: &Uri, body: Bytes) -> Result<Bytes, UpstreamError> {
+        let _permit = self
+            .limit
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| UpstreamError::Saturated(self.max_in_flight))?;
+        let deadline = Instant::now() + self.timeout;
         let mut backoff = BACKOFF_START;
         let mut reread_credential = false;
         loop {
-            let attempt = tokio::time::timeout_at(deadline, self.send(body.clone())).await;
+            let attempt = tokio::time::timeout_at(deadline, self.send(uri, body.clone())).await;
             let (error, retry_after) = match attempt {
                 Err(_) => return Err(UpstreamError::Timeout(self.timeout)),
-                Ok(Ok(Answer::Review(status))) => {
-                    self.ready.send_if_modified(|r| !std::mem::replace(r, true));
-                    return Ok(status);
-                }
+                Ok(Ok(Answer::Body(bytes))) => return Ok(bytes),
                 Ok(Ok(Answer::Unauthorized)) if !reread_credential => {
                     // The kubelet may have rotated the token since we last read it.
                     reread_credential = true;
@@ -272,14 +326,14 @@ impl Upstream {
             if Instant::now() + wait >= deadline {
                 return Err(error);
             }
-            tracing::debug!(%error, wait_ms = wait.as_millis() as u64, "retrying TokenReview");
+            tracing::debug!(%error, wait_ms = wait.as_millis() as u64, "retrying the API server call");
             tokio::time::sleep(wait).await;
             backoff = backoff.mul_f64(BACKOFF_FACTOR);
         }
     }
 
-    async fn send(&self, body: Bytes) -> Result<Answer, UpstreamError> {
-        let mut request = Request::post(self.review_uri.clone())
+    async fn send(&self, uri: &Uri, body: Bytes) -> Result<Answer, UpstreamError> {
+        let mut request = Request::post(uri.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json")
             .header(USER_AGENT, concat!("tokengate/", env!("CARGO_PKG_VERSION")))
@@ -327,7 +381,7 @@ impl Upstream {
                         "its Content-Type is not application/json".into(),
                     ));
                 }
-                parse_review(&bytes).map(Answer::Review)
+                Ok(Answer::Body(bytes))
             }
             StatusCode::UNAUTHORIZED => Ok(Answer::Unauthorized),
             StatusCode::FORBIDDEN => Err(UpstreamError::Forbidden(status_message(&bytes))),
@@ -350,7 +404,7 @@ impl Upstream {
 
 /// One attempt's outcome, before the retry policy.
 enum Answer {
-    Review(TokenReviewStatus),
+    Body(Bytes),
     Unauthorized,
     Retryable(UpstreamError, Option<Duration>),
 }

@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
+use k8s_openapi::api::authorization::v1::{SubjectAccessReview, SubjectAccessReviewStatus};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -46,6 +47,11 @@ pub(crate) fn router(cluster: Arc<Cluster>) -> Router {
         .route(
             "/apis/authentication.k8s.io/v1beta1/tokenreviews",
             post(token_review_v1beta1),
+        )
+        // The authorization API, as far as the RBAC table answers it.
+        .route(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            post(subject_access_review),
         )
         .route(
             &format!("{ns}/serviceaccounts/{{name}}/token"),
@@ -281,6 +287,53 @@ fn review(
     // v1beta1 has the same shape; only the version differs.
     value["apiVersion"] = Value::String(api_version);
     Ok(value)
+}
+
+// ---------------------------------------------------------------------------------------
+// SubjectAccessReview
+
+const AUTHORIZATION_GROUP: &str = "authorization.k8s.io";
+
+/// `POST /apis/authorization.k8s.io/v1/subjectaccessreviews`, answered from the RBAC
+/// table: holders of `system:auth-delegator` (the table) may `create` `tokenreviews` in
+/// `authentication.k8s.io` (and create SubjectAccessReviews themselves); nothing else is
+/// granted to anyone.
+async fn subject_access_review(
+    State(cluster): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    cluster.knobs.count_access_review();
+    let user = caller(&cluster, &headers)?;
+    let store = cluster.store();
+    if !store.may_review(user.username()) {
+        return Err(ApiError::forbidden(
+            user.username(),
+            "create",
+            "subjectaccessreviews",
+            AUTHORIZATION_GROUP,
+        ));
+    }
+    let mut review: SubjectAccessReview = decode(
+        body,
+        &format!("{AUTHORIZATION_GROUP}/v1"),
+        "SubjectAccessReview",
+    )?;
+    let asks_to_review_tokens = review.spec.resource_attributes.as_ref().is_some_and(|a| {
+        a.group.as_deref() == Some(AUTHENTICATION_GROUP)
+            && a.resource.as_deref() == Some("tokenreviews")
+            && a.verb.as_deref() == Some("create")
+    });
+    let subject = review.spec.user.clone().unwrap_or_default();
+    let allowed = asks_to_review_tokens && store.may_review(&subject);
+    review.status = Some(SubjectAccessReviewStatus {
+        allowed,
+        reason: allowed.then(|| {
+            format!("RBAC: allowed by ClusterRoleBinding of ClusterRole \"system:auth-delegator\" to {subject:?}")
+        }),
+        ..SubjectAccessReviewStatus::default()
+    });
+    Ok(json_response(StatusCode::CREATED, &review))
 }
 
 // ---------------------------------------------------------------------------------------

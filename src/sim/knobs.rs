@@ -126,6 +126,7 @@ pub(crate) struct Knobs {
     failures: Mutex<VecDeque<Failure>>,
     latency_micros: AtomicU64,
     reviews: AtomicU64,
+    access_reviews: AtomicU64,
 }
 
 impl Knobs {
@@ -164,6 +165,16 @@ impl Knobs {
     /// TokenReviews that reached the handler so far, whatever their outcome.
     pub(crate) fn reviews(&self) -> u64 {
         self.reviews.load(Ordering::Relaxed)
+    }
+
+    /// Counts one SubjectAccessReview that reached the handler.
+    pub(crate) fn count_access_review(&self) {
+        self.access_reviews.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// SubjectAccessReviews that reached the handler so far.
+    pub(crate) fn access_reviews(&self) -> u64 {
+        self.access_reviews.load(Ordering::Relaxed)
     }
 }
 

@@ -337,6 +337,11 @@ impl Sim {
         self.cluster.knobs.reviews()
     }
 
+    /// SubjectAccessReviews answered so far.
+    pub fn access_reviews_served(&self) -> u64 {
+        self.cluster.knobs.access_reviews()
+    }
+
     /// Makes the next `n` TokenReview requests fail this way, replacing any failures
     /// still pending (`n = 0` clears them).
     pub fn fail_next(&self, n: u32, failure: Failure) {

@@ -668,3 +668,40 @@ async fn the_api_server_can_be_named_by_a_kubeconfig() {
         .unwrap();
     assert!(decision.verdict.authenticated, "{:?}", decision.verdict);
 }
+
+#[tokio::test]
+async fn in_subjectaccessreview_mode_the_api_server_decides_who_may_review() {
+    let gate = spawn_gate(&[("TOKENGATE_ACCESS_MODE", "subjectaccessreview")]).await;
+    // spawn_gate's first review asked the sim once for the reviewer; the answer is kept.
+    assert_eq!(gate.sim.access_reviews_served(), 1);
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    for _ in 0..5 {
+        let (status, review) = gate.review(&token, None).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert!(authenticated(&review));
+    }
+    assert_eq!(
+        gate.sim.access_reviews_served(),
+        1,
+        "the allowed answer is cached"
+    );
+
+    // A caller the RBAC table does not name: refused with the API server's wording.
+    let stranger = gate.workload_token("apps", "stranger", &[gate.sim.issuer()]);
+    let body = json!({"spec": {"token": token}}).to_string();
+    let (status, s) = gate.post("/review", Some(&stranger), body.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{s}");
+    assert!(
+        s["message"].as_str().unwrap().contains(
+            r#"User "system:serviceaccount:apps:stranger" cannot create resource "tokenreviews""#
+        ),
+        "{s}"
+    );
+    // Bound to system:auth-delegator, a caller of another identity is let in.
+    gate.sim
+        .allow_reviewer("system:serviceaccount:apps:delegate");
+    let delegate = gate.workload_token("apps", "delegate", &[gate.sim.issuer()]);
+    let (status, review) = gate.post("/review", Some(&delegate), body).await;
+    assert_eq!(status, StatusCode::CREATED, "{review}");
+    assert_eq!(gate.sim.access_reviews_served(), 3);
+}

@@ -1,0 +1,65 @@
+//! Who may call the TokenReview endpoints, once the caller's own token is authenticated.
+//!
+//! Responsible for: the allow-list (`access.review_callers`) or, with
+//! `access.mode = "subjectaccessreview"`, the API server's own answer to "may this user
+//! create tokenreviews in authentication.k8s.io?" (the permission the API server itself
+//! demands of a TokenReview caller), each definitive answer kept `access.sar_ttl`.
+//!
+//! Not responsible for: authenticating the caller (see `review::Reviewer::authenticate_caller`).
+
+use std::sync::Arc;
+
+use k8s_openapi::api::authentication::v1::UserInfo;
+
+use crate::config::{Access, AccessMode};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Callers kept in the SubjectAccessReview answer cache at most.
+const MAX_CACHED_CALLERS: u64 = 10_000;
+
+/// Decides whether an authenticated caller may review tokens.
+pub struct CallerAccess {
+    access: Access,
+    upstream: Arc<Upstream>,
+    /// Definitive SubjectAccessReview answers by caller identity.
+    answers: moka::sync::Cache<String, Result<(), String>>,
+}
+
+impl CallerAccess {
+    /// Access control as configured, asking `upstream` in SubjectAccessReview mode.
+    pub fn new(access: Access, upstream: Arc<Upstream>) -> CallerAccess {
+        let answers = moka::sync::Cache::builder()
+            .max_capacity(MAX_CACHED_CALLERS)
+            .time_to_live(access.sar_ttl)
+            .build();
+        CallerAccess {
+            access,
+            upstream,
+            answers,
+        }
+    }
+
+    /// `Ok(Ok(()))`: allowed; `Ok(Err(reason))`: refused; `Err`: cannot tell now.
+    pub async fn check(&self, user: &UserInfo) -> Result<Result<(), String>, UpstreamError> {
+        let username = user.username.as_deref().unwrap_or_default();
+        let groups = user.groups.as_deref().unwrap_or_default();
+        match self.access.mode {
+            AccessMode::AllowList => Ok(if self.access.allows(username, groups) {
+                Ok(())
+            } else {
+                Err("not in access.review_callers".into())
+            }),
+            AccessMode::SubjectAccessReview => {
+                // Identities are not secrets; the whole identity is the key, as RBAC may
+                // grant by any part of it.
+                let key = serde_json::to_string(user).expect("a UserInfo serialises");
+                if let Some(answer) = self.answers.get(&key) {
+                    return Ok(answer);
+                }
+                let answer = self.upstream.may_review_tokens(user).await?;
+                self.answers.insert(key, answer.clone());
+                Ok(answer)
+            }
+        }
+    }
+}
