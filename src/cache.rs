@@ -26,7 +26,9 @@ use k8s_openapi::api::authentication::v1::UserInfo;
 use ring::hmac;
 
 use crate::config;
+use crate::metrics::{CacheKind, EvictionCause, Metrics};
 use crate::upstream::UpstreamError;
+use moka::notification::RemovalCause;
 
 /// A cache key: HMAC-SHA256 of the token, the audiences and the purpose.
 pub type Key = [u8; 32];
@@ -113,19 +115,30 @@ pub struct VerdictCache {
 impl VerdictCache {
     /// A cache sized by the configuration, with a fresh random HMAC key.
     pub fn new(cfg: &config::Cache) -> VerdictCache {
+        VerdictCache::with_metrics(cfg, Arc::default())
+    }
+
+    /// [`VerdictCache::new`], counting evictions in `metrics`.
+    pub fn with_metrics(cfg: &config::Cache, metrics: Arc<Metrics>) -> VerdictCache {
         let rng = ring::rand::SystemRandom::new();
         let hmac_key =
             hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("the OS random source works");
-        let build = |capacity: u64| {
+        let build = |capacity: u64, kind: CacheKind| {
+            let metrics = Arc::clone(&metrics);
             moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(EntryExpiry)
+                .eviction_listener(move |_, _, cause| match cause {
+                    RemovalCause::Expired => metrics.cache_eviction(kind, EvictionCause::Expired),
+                    RemovalCause::Size => metrics.cache_eviction(kind, EvictionCause::Size),
+                    RemovalCause::Explicit | RemovalCause::Replaced => {}
+                })
                 .build()
         };
         VerdictCache {
             hmac_key,
-            positive: build(cfg.max_entries),
-            negative: build(cfg.negative_max_entries),
+            positive: build(cfg.max_entries, CacheKind::Positive),
+            negative: build(cfg.negative_max_entries, CacheKind::Negative),
             in_flight: Mutex::new(HashMap::new()),
         }
     }

@@ -29,6 +29,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::access::CallerAccess;
 use crate::config::AuthPolicy;
+use crate::metrics::{CacheKind, Endpoint, Outcome};
 use crate::review::{Decision, Reviewer};
 use crate::upstream::UpstreamError;
 
@@ -53,6 +54,7 @@ pub struct AppState {
 /// The router with its middleware stack. Tests drive it directly.
 pub fn router(state: Arc<AppState>) -> Router {
     let budget = state.reviewer.upstream().timeout() + Duration::from_secs(1);
+    let metrics = Arc::clone(state.reviewer.metrics());
     Router::new()
         .route("/review", post(token_review))
         .route(
@@ -68,15 +70,45 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/{*path}", any(crate::ingress::auth))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .with_state(state)
         // Outermost first.
         .layer(
             ServiceBuilder::new()
-                // One span per request: method, path, status, latency. Never headers (tokens).
-                .layer(TraceLayer::new_for_http())
+                // One span per request: method, path (never the query or headers: tokens
+                // travel in headers), then the status, the decision's source and the
+                // token's fingerprint once known; one line at debug when it ends.
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|request: &axum::extract::Request| {
+                            tracing::info_span!(
+                                "request",
+                                method = %request.method(),
+                                path = request.uri().path(),
+                                status = tracing::field::Empty,
+                                source = tracing::field::Empty,
+                                token = tracing::field::Empty,
+                            )
+                        })
+                        .on_request(())
+                        .on_response(
+                            |response: &Response, latency: Duration, span: &tracing::Span| {
+                                span.record("status", response.status().as_u16());
+                                tracing::debug!(
+                                    latency_us = latency.as_micros() as u64,
+                                    "answered"
+                                );
+                            },
+                        ),
+                )
                 // The layers below fail with errors (overload, timeout); answer them as 503.
-                .layer(HandleErrorLayer::new(|e: tower::BoxError| async move {
-                    ApiError::Overloaded(e.to_string())
+                .layer(HandleErrorLayer::new(move |e: tower::BoxError| {
+                    let metrics = Arc::clone(&metrics);
+                    async move {
+                        metrics.shed();
+                        tracing::warn!(error = %e, "request shed");
+                        ApiError::Overloaded(e.to_string())
+                    }
                 }))
                 // Refuse, rather than queue, requests past the concurrency bound.
                 .load_shed()
@@ -114,6 +146,18 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let metrics = state.reviewer.metrics();
+    let (positive, negative) = state.reviewer.cache().len();
+    metrics.set_cache_entries(CacheKind::Positive, positive);
+    metrics.set_cache_entries(CacheKind::Negative, negative);
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        metrics.encode(),
+    )
+        .into_response()
+}
+
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.reviewer.upstream().is_ready() {
         "ok\n".into_response()
@@ -140,8 +184,30 @@ async fn token_review(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    authorize_caller(&state, &headers).await?;
+) -> Response {
+    let result = answer_review(&state, &headers, body).await;
+    let outcome = match &result {
+        Ok((_, true)) => Outcome::Authenticated,
+        Ok((_, false)) => Outcome::Rejected,
+        Err(_) => Outcome::Error,
+    };
+    state
+        .reviewer
+        .metrics()
+        .request(Endpoint::TokenReview, outcome);
+    match result {
+        Ok((response, _)) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The TokenReview answer, and whether the token was authenticated.
+async fn answer_review(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Response, bool), ApiError> {
+    authorize_caller(state, headers).await?;
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
         _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
@@ -175,12 +241,19 @@ async fn token_review(
         .filter(|a| !a.is_empty())
         .unwrap_or(state.reviewer.default_audiences());
     let decision = state.reviewer.review(token, requested).await?;
-    tracing::debug!(
-        source = decision.source.as_str(),
-        authenticated = decision.verdict.authenticated,
-        "token reviewed"
-    );
-    Ok(review_response(api_version, request.spec, &decision))
+    record_decision(&decision);
+    let authenticated = decision.verdict.authenticated;
+    Ok((
+        review_response(api_version, request.spec, &decision),
+        authenticated,
+    ))
+}
+
+/// Adds the decision's source and the token's fingerprint to the request's span.
+pub fn record_decision(decision: &Decision) {
+    let span = tracing::Span::current();
+    span.record("source", decision.source.as_str());
+    span.record("token", tracing::field::display(decision.fingerprint));
 }
 
 /// The caller's own token goes through the same pipeline, for the API server's audiences;

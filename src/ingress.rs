@@ -14,21 +14,27 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::authentication::v1::UserInfo;
 
 use crate::config::AuthPolicy;
-use crate::http::{AppState, bearer};
+use crate::http::{AppState, bearer, record_decision};
+use crate::metrics::{Endpoint, Outcome};
 
 /// `GET|POST|… /auth[/anything]?audience=A&audience=B`.
-pub async fn auth(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let Some(token) = bearer(request.headers()) else {
-        return challenge(None);
+pub async fn auth(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
+    let (response, outcome) = answer(&state, &headers, &uri).await;
+    state.reviewer.metrics().request(Endpoint::Auth, outcome);
+    response
+}
+
+async fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> (Response, Outcome) {
+    let Some(token) = bearer(headers) else {
+        return (challenge(None), Outcome::Rejected);
     };
-    let requested: Vec<String> = request
-        .uri()
+    let requested: Vec<String> = uri
         .query()
         .map(|q| {
             url::form_urlencoded::parse(q.as_bytes())
@@ -45,34 +51,37 @@ pub async fn auth(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let decision = match state.reviewer.review(token, requested).await {
         Ok(d) => d,
         Err(e) => {
-            return (
+            let response = (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(header::RETRY_AFTER, "1")],
                 format!("cannot decide now: {e}\n"),
-            )
-                .into_response();
+            );
+            return (response.into_response(), Outcome::Error);
         }
     };
-    tracing::debug!(
-        source = decision.source.as_str(),
-        authenticated = decision.verdict.authenticated,
-        "ingress token reviewed"
-    );
+    record_decision(&decision);
     let verdict = &decision.verdict;
     if !verdict.authenticated {
-        return challenge(Some(&verdict.error));
+        return (challenge(Some(&verdict.error)), Outcome::Rejected);
     }
     let user = verdict.user.as_ref().cloned().unwrap_or_default();
     if let Err(why) = state.auth.allows(&user) {
-        return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+        let response = (StatusCode::FORBIDDEN, format!("{why}\n"));
+        return (response.into_response(), Outcome::Rejected);
     }
     match identity_headers(&user) {
-        Some(headers) => (StatusCode::OK, headers, "ok\n").into_response(),
+        Some(headers) => (
+            (StatusCode::OK, headers, "ok\n").into_response(),
+            Outcome::Authenticated,
+        ),
         None => (
-            StatusCode::FORBIDDEN,
-            "the token's identity cannot be carried in HTTP headers\n",
-        )
-            .into_response(),
+            (
+                StatusCode::FORBIDDEN,
+                "the token's identity cannot be carried in HTTP headers\n",
+            )
+                .into_response(),
+            Outcome::Rejected,
+        ),
     }
 }
 

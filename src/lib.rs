@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ingress;
+pub mod metrics;
 pub mod reload;
 pub mod review;
 pub mod sim;
@@ -66,8 +67,9 @@ pub async fn build_with_clock(
     config: &config::Config,
     clock: Arc<dyn review::Clock>,
 ) -> Result<Gate, BuildError> {
-    let upstream = upstream::Upstream::from_config(&config.upstream).await?;
-    let reviewer = review::Reviewer::new(config, upstream, clock);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let upstream = upstream::Upstream::from_config(&config.upstream, Arc::clone(&metrics)).await?;
+    let reviewer = review::Reviewer::new(config, upstream, clock, Arc::clone(&metrics));
     let tls = match &config.tls {
         Some(t) => Some(tls::server_config(&t.cert_file, &t.key_file)?),
         None => None,

@@ -18,6 +18,7 @@ use k8s_openapi::api::authentication::v1::TokenReviewStatus;
 
 use crate::cache::{Fetched, Purpose, Verdict, VerdictCache};
 use crate::config::{self, Config};
+use crate::metrics::{Metrics, RejectionClass};
 use crate::token::{self, Classified, Kind, Rejection};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -38,26 +39,7 @@ impl Clock for SystemClock {
 }
 
 /// Where a decision came from (for logs and metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// Rejected by the local checks; the API server was not asked.
-    Local,
-    /// Served from the cache.
-    Cache,
-    /// Asked of the API server (or joined a call already under way).
-    Upstream,
-}
-
-impl Source {
-    /// A short, fixed name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Local => "local",
-            Source::Cache => "cache",
-            Source::Upstream => "upstream",
-        }
-    }
-}
+pub use crate::metrics::Source;
 
 /// A verdict and where it came from.
 #[derive(Debug, Clone)]
@@ -66,6 +48,42 @@ pub struct Decision {
     pub verdict: Arc<Verdict>,
     /// Where it came from.
     pub source: Source,
+    /// A short, per-process hash of the token and audiences, to correlate log lines
+    /// (never the token).
+    pub fingerprint: Fingerprint,
+}
+
+/// Eight hex digits of the cache key: enough to tell requests apart in a log, nothing
+/// that leads back to the token (the key is a keyed hash under a per-process secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 4]);
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+fn fingerprint(key: &crate::cache::Key) -> Fingerprint {
+    Fingerprint([key[0], key[1], key[2], key[3]])
+}
+
+/// A local rejection's class, as a metric label.
+fn class(rejection: &Rejection) -> RejectionClass {
+    match rejection {
+        Rejection::TooLarge { .. } => RejectionClass::TooLarge,
+        Rejection::Malformed(_) => RejectionClass::Malformed,
+        Rejection::Expired { .. } => RejectionClass::Expired,
+        Rejection::NotYetValid { .. } => RejectionClass::NotYetValid,
+        Rejection::IssuedInTheFuture { .. } => RejectionClass::IssuedInTheFuture,
+        Rejection::Audience { .. } => RejectionClass::Audience,
+        Rejection::SubjectMismatch { .. } => RejectionClass::SubjectMismatch,
+        Rejection::LegacyNotAllowed { .. } => RejectionClass::Legacy,
+        Rejection::ForeignAudience { .. } => RejectionClass::Foreign,
+    }
 }
 
 /// The pipeline. Share it behind an `Arc`.
@@ -75,6 +93,7 @@ pub struct Reviewer {
     cache: Arc<VerdictCache>,
     upstream: Arc<Upstream>,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
 }
 
 /// What the local checks learnt about a token that goes to the API server, to judge
@@ -91,14 +110,28 @@ struct Expectation {
 
 impl Reviewer {
     /// A pipeline over `upstream` with the configured policy and cache.
-    pub fn new(config: &Config, upstream: Upstream, clock: Arc<dyn Clock>) -> Reviewer {
+    pub fn new(
+        config: &Config,
+        upstream: Upstream,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Reviewer {
         Reviewer {
             policy: config.policy.clone(),
             cache_cfg: config.cache.clone(),
-            cache: Arc::new(VerdictCache::new(&config.cache)),
+            cache: Arc::new(VerdictCache::with_metrics(
+                &config.cache,
+                Arc::clone(&metrics),
+            )),
             upstream: Arc::new(upstream),
             clock,
+            metrics,
         }
+    }
+
+    /// The metrics every stage counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The audiences a review asks for when it names none.
@@ -143,17 +176,23 @@ impl Reviewer {
         let now = self.clock.now();
         let key = self.cache.key(token, audiences, purpose);
         if let Some(verdict) = self.cache.get(&key, now) {
+            self.metrics.decision(Source::Cache);
             return Ok(Decision {
                 verdict,
                 source: Source::Cache,
+                fingerprint: fingerprint(&key),
             });
         }
         let expectation = match self.local_checks(token, audiences, purpose, now) {
             Ok(e) => e,
             Err(rejection) => {
+                self.metrics.decision(Source::Local);
+                self.metrics.local_rejection(class(&rejection));
+                tracing::debug!(fingerprint = %fingerprint(&key), reason = %rejection, "token rejected locally");
                 return Ok(Decision {
                     verdict: Arc::new(Verdict::denied(rejection.to_string())),
                     source: Source::Local,
+                    fingerprint: fingerprint(&key),
                 });
             }
         };
@@ -167,9 +206,16 @@ impl Reviewer {
             expectation,
         );
         let verdict = self.cache.get_or_fetch(key, now, fetch).await?;
+        self.metrics.decision(Source::Upstream);
+        tracing::debug!(
+            fingerprint = %fingerprint(&key),
+            authenticated = verdict.authenticated,
+            "token decided by the API server"
+        );
         Ok(Decision {
             verdict,
             source: Source::Upstream,
+            fingerprint: fingerprint(&key),
         })
     }
 

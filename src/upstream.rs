@@ -35,6 +35,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::config;
+use crate::metrics::{Call, Metrics, ReloadResult, UpstreamErrorKind};
 use crate::reload::Stamp;
 
 /// The largest TokenReview answer read from the API server.
@@ -77,6 +78,21 @@ pub enum UpstreamError {
     /// The answer was not a usable TokenReview.
     #[error("the API server's answer is not a usable TokenReview: {0}")]
     BadResponse(String),
+}
+
+impl UpstreamError {
+    /// The error's kind, as a metric label.
+    pub fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            UpstreamError::Saturated(_) => UpstreamErrorKind::Saturated,
+            UpstreamError::Timeout(_) => UpstreamErrorKind::Timeout,
+            UpstreamError::Connect(_) => UpstreamErrorKind::Connect,
+            UpstreamError::Unauthorized => UpstreamErrorKind::Unauthorized,
+            UpstreamError::Forbidden(_) => UpstreamErrorKind::Forbidden,
+            UpstreamError::Status { .. } => UpstreamErrorKind::Status,
+            UpstreamError::BadResponse(_) => UpstreamErrorKind::BadResponse,
+        }
+    }
 }
 
 /// Why the client could not be built from the configuration.
@@ -123,11 +139,15 @@ pub struct Upstream {
     max_in_flight: usize,
     timeout: Duration,
     ready: tokio::sync::watch::Sender<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
     /// Builds the client: reads the CA and the credential, resolves a kubeconfig.
-    pub async fn from_config(cfg: &config::Upstream) -> Result<Upstream, BuildError> {
+    pub async fn from_config(
+        cfg: &config::Upstream,
+        metrics: Arc<Metrics>,
+    ) -> Result<Upstream, BuildError> {
         let (base, roots, credential) = match &cfg.source {
             config::UpstreamSource::Direct {
                 url,
@@ -145,13 +165,13 @@ impl Upstream {
                     None => None,
                 };
                 let credential = match token_file {
-                    Some(path) => Credential::file(path.clone())?,
-                    None => Credential::none(),
+                    Some(path) => Credential::file(path.clone(), Arc::clone(&metrics))?,
+                    None => Credential::none(Arc::clone(&metrics)),
                 };
                 (url.to_string(), roots, credential)
             }
             config::UpstreamSource::Kubeconfig { path, context } => {
-                from_kubeconfig(path, context.clone()).await?
+                from_kubeconfig(path, context.clone(), Arc::clone(&metrics)).await?
             }
         };
         let endpoint = |path: &str| {
@@ -198,6 +218,7 @@ impl Upstream {
             max_in_flight: cfg.max_in_flight,
             timeout: cfg.timeout,
             ready: tokio::sync::watch::Sender::new(false),
+            metrics,
         })
     }
 
@@ -249,7 +270,13 @@ impl Upstream {
             ..TokenReview::default()
         };
         let body = serde_json::to_vec(&review).expect("a TokenReview serialises");
-        let status = parse_review(&self.call(&self.review_uri, body.into()).await?)?;
+        let bytes = self
+            .call(Call::TokenReview, &self.review_uri, body.into())
+            .await?;
+        let status = parse_review(&bytes).inspect_err(|e| {
+            self.metrics
+                .upstream_call(Call::TokenReview, Duration::ZERO, Some(e.kind()));
+        })?;
         self.ready.send_if_modified(|r| !std::mem::replace(r, true));
         Ok(status)
     }
@@ -279,7 +306,13 @@ impl Upstream {
             ..SubjectAccessReview::default()
         };
         let body = serde_json::to_vec(&review).expect("a SubjectAccessReview serialises");
-        let bytes = self.call(&self.access_review_uri, body.into()).await?;
+        let bytes = self
+            .call(
+                Call::SubjectAccessReview,
+                &self.access_review_uri,
+                body.into(),
+            )
+            .await?;
         let answer: SubjectAccessReview = serde_json::from_slice(&bytes).map_err(|e| {
             UpstreamError::BadResponse(format!("invalid SubjectAccessReview JSON ({e})"))
         })?;
@@ -297,7 +330,18 @@ impl Upstream {
 
     /// POSTs `body` to `uri` under the in-flight bound and the time budget, retrying what
     /// is retryable and re-reading the credential once on a 401; returns the answer's body.
-    async fn call(&self, uri: &Uri, body: Bytes) -> Result<Bytes, UpstreamError> {
+    async fn call(&self, call: Call, uri: &Uri, body: Bytes) -> Result<Bytes, UpstreamError> {
+        let started = Instant::now();
+        let in_flight = self.metrics.upstream_in_flight();
+        in_flight.inc();
+        let result = self.call_with_retries(uri, body).await;
+        in_flight.dec();
+        let error = result.as_ref().err().map(UpstreamError::kind);
+        self.metrics.upstream_call(call, started.elapsed(), error);
+        result
+    }
+
+    async fn call_with_retries(&self, uri: &Uri, body: Bytes) -> Result<Bytes, UpstreamError> {
         let _permit = self
             .limit
             .clone()
@@ -493,7 +537,11 @@ type Resolved = (
     Credential,
 );
 
-async fn from_kubeconfig(path: &Path, context: Option<String>) -> Result<Resolved, BuildError> {
+async fn from_kubeconfig(
+    path: &Path,
+    context: Option<String>,
+    metrics: Arc<Metrics>,
+) -> Result<Resolved, BuildError> {
     let fail = |message: String| BuildError::Kubeconfig {
         path: path.to_path_buf(),
         message,
@@ -515,12 +563,12 @@ async fn from_kubeconfig(path: &Path, context: Option<String>) -> Result<Resolve
         return Err(fail("its user authenticates with a client certificate or a plugin; tokengate's reviewer needs a bearer token (`token` or `tokenFile`)".into()));
     }
     let credential = match (&auth.token, &auth.token_file) {
-        (_, Some(file)) => Credential::file(PathBuf::from(file))?,
+        (_, Some(file)) => Credential::file(PathBuf::from(file), metrics)?,
         (Some(token), None) => {
             use secrecy::ExposeSecret as _;
-            Credential::fixed(token.expose_secret())
+            Credential::fixed(token.expose_secret(), metrics)
         }
-        (None, None) => Credential::none(),
+        (None, None) => Credential::none(metrics),
     };
     let roots = cfg
         .root_cert
@@ -533,6 +581,7 @@ async fn from_kubeconfig(path: &Path, context: Option<String>) -> Result<Resolve
 struct Credential {
     file: Option<PathBuf>,
     current: RwLock<Option<Loaded>>,
+    metrics: Arc<Metrics>,
 }
 
 struct Loaded {
@@ -541,24 +590,26 @@ struct Loaded {
 }
 
 impl Credential {
-    fn none() -> Credential {
+    fn none(metrics: Arc<Metrics>) -> Credential {
         Credential {
             file: None,
             current: RwLock::new(None),
+            metrics,
         }
     }
 
-    fn fixed(token: &str) -> Credential {
+    fn fixed(token: &str, metrics: Arc<Metrics>) -> Credential {
         Credential {
             file: None,
             current: RwLock::new(bearer(token).map(|header| Loaded {
                 header,
                 stamp: None,
             })),
+            metrics,
         }
     }
 
-    fn file(path: PathBuf) -> Result<Credential, BuildError> {
+    fn file(path: PathBuf, metrics: Arc<Metrics>) -> Result<Credential, BuildError> {
         let loaded = read_token_file(&path).map_err(|source| BuildError::TokenFile {
             path: path.clone(),
             source,
@@ -566,6 +617,7 @@ impl Credential {
         Ok(Credential {
             file: Some(path),
             current: RwLock::new(Some(loaded)),
+            metrics,
         })
     }
 
@@ -592,14 +644,18 @@ impl Credential {
         let Some(path) = &self.file else { return };
         match read_token_file(path) {
             Ok(loaded) => {
+                self.metrics.credential_reload(ReloadResult::Ok);
                 tracing::info!(path = %path.display(), "reviewer token file (re)read");
                 *self.current.write().expect("credential lock") = Some(loaded);
             }
-            Err(e) => tracing::warn!(
-                path = %path.display(),
-                error = %e,
-                "cannot re-read the reviewer token file; keeping the last good token"
-            ),
+            Err(e) => {
+                self.metrics.credential_reload(ReloadResult::Error);
+                tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "cannot re-read the reviewer token file; keeping the last good token"
+                );
+            }
         }
     }
 }
@@ -637,7 +693,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "first\n").unwrap();
-        let credential = Credential::file(path.clone()).unwrap();
+        let credential = Credential::file(path.clone(), Arc::default()).unwrap();
         assert_eq!(credential.header().unwrap(), "Bearer first");
 
         // The kubelet writes a new file and swaps it in: a new inode.
@@ -656,7 +712,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "\n").unwrap();
-        let err = Credential::file(path).err().unwrap();
+        let err = Credential::file(path, Arc::default()).err().unwrap();
         assert!(matches!(err, BuildError::TokenFile { .. }));
     }
 

@@ -180,15 +180,8 @@ async fn dev_prints_lines_that_work_and_stops_cleanly_on_sigterm() {
         "{gate}"
     );
 
-    // The banner is printed before the gate accepts; wait for readiness (bounded).
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while get(&format!("{gate}/readyz")).await.0 != http::StatusCode::OK {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "dev's gate never became ready"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // The banner is printed before the gate is ready.
+    await_ready(&gate).await;
     let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}});
     let out = Command::new("curl")
         .args([

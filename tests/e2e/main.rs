@@ -6,5 +6,6 @@ mod cli;
 mod clients;
 mod gate;
 mod ingress;
+mod observability;
 mod support;
 mod tls;

@@ -287,6 +287,28 @@ pub fn error(review: &Value) -> String {
         .to_string()
 }
 
+/// Waits (bounded) until the gate of another process at `url` answers `/readyz` with
+/// 200: it may not even listen yet. There is no event to await across processes.
+pub async fn await_ready(url: &str) {
+    let client = client(None);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let request = Request::get(format!("{url}/readyz"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        if let Ok(response) = client.request(request).await
+            && response.status() == StatusCode::OK
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} never became ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// GET over plain HTTP, answer as text.
 pub async fn get(url: &str) -> (StatusCode, String) {
     let (status, body) = raw(&client(None), Method::GET, url, None, String::new()).await;
