@@ -191,6 +191,12 @@ impl VerdictCache {
         (self.positive.entry_count(), self.negative.entry_count())
     }
 
+    /// Drops every verdict (a policy change makes them stale).
+    pub fn clear(&self) {
+        self.positive.invalidate_all();
+        self.negative.invalidate_all();
+    }
+
     /// Whether the cache holds no verdict.
     pub fn is_empty(&self) -> bool {
         self.len() == (0, 0)

@@ -7,6 +7,7 @@
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -14,6 +15,7 @@ use base64::Engine as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
+use crate::reload::Stamp;
 use crate::sim::{MintRequest, Sim, SimOptions};
 use crate::token::{self, Classified};
 
@@ -130,7 +132,7 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<Exit> {
 async fn serve(path: Option<&Path>) -> anyhow::Result<Exit> {
     let config = load_config(path)?;
     let listener = bind(config.listen).await?;
-    start_gate(&config, listener).await?;
+    start_gate(&config, listener, path.map(Path::to_path_buf)).await?;
     Ok(Exit::Ok)
 }
 
@@ -140,16 +142,64 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
-async fn start_gate(config: &Config, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+/// Runs the gate until SIGTERM/SIGINT; with a config file, reloads it on SIGHUP or
+/// when the file changes (a ConfigMap update swaps the file).
+async fn start_gate(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    config_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
     let gate = crate::build(config).await?;
     let scheme = if gate.tls.is_some() { "https" } else { "http" };
     tracing::info!(listen = %listener.local_addr()?, scheme, "tokengate serving");
+    let reloader =
+        config_file.map(|path| tokio::spawn(reload_on_change(path, Arc::clone(&gate.state))));
     crate::run(listener, gate, shutdown_signal()).await?;
+    if let Some(task) = reloader {
+        task.abort();
+    }
     tracing::info!("tokengate stopped");
     Ok(())
+}
+
+/// How often the config file is checked for a change.
+const CONFIG_POLL: Duration = Duration::from_secs(5);
+
+/// Reloads the config file on SIGHUP and when its stamp changes. A config that fails
+/// to load or validate is refused with an error in the log; the old one keeps serving.
+async fn reload_on_change(path: PathBuf, state: Arc<crate::AppState>) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; config reloads only on file change");
+            None
+        }
+    };
+    let mut last = Stamp::of(&path).ok();
+    let mut poll = tokio::time::interval(CONFIG_POLL);
+    loop {
+        let by_signal = tokio::select! {
+            Some(()) = async { match &mut hangup { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            _ = poll.tick() => false,
+        };
+        let stamp = Stamp::of(&path).ok();
+        if !by_signal && stamp == last {
+            continue;
+        }
+        last = stamp;
+        match config::load(Some(&path), std::env::vars()) {
+            Ok(new) => {
+                let notes = state.reconfigure(new);
+                tracing::info!(file = %path.display(), changes = %notes.join("; "), "configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "new configuration refused; the previous one keeps serving")
+            }
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -245,7 +295,7 @@ Ctrl-C stops both."#,
         sim_url = sim.url(),
         dir = dir.display(),
     );
-    start_gate(&config, listener).await?;
+    start_gate(&config, listener, None).await?;
     sim.shutdown().await;
     Ok(Exit::Ok)
 }
@@ -254,6 +304,7 @@ Ctrl-C stops both."#,
 pub fn dev_config(listen: SocketAddr, sim_url: &str, dir: &Path, issuer: &str) -> String {
     format!(
         r#"listen = "{listen}"
+shutdown_delay = "0s"
 
 [upstream]
 url = "{sim_url}"

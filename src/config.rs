@@ -28,6 +28,8 @@ pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 pub struct Config {
     /// Address the gate listens on. Default `0.0.0.0:8080`.
     pub listen: SocketAddr,
+    /// How the gate stops on SIGTERM.
+    pub shutdown: Shutdown,
     /// How to reach the API server.
     pub upstream: Upstream,
     /// What the gate accepts.
@@ -54,6 +56,18 @@ pub struct AuthPolicy {
     pub groups: BTreeSet<String>,
     /// Namespaces whose service accounts are allowed.
     pub namespaces: BTreeSet<String>,
+}
+
+/// How the gate stops on SIGTERM or SIGINT.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shutdown {
+    /// How long `/readyz` answers 503 while the gate still serves, before it stops
+    /// accepting (`shutdown_delay`). Default 5s: long enough for Kubernetes to take the
+    /// pod out of its Service's endpoints, so no new request finds the port closed.
+    pub delay: Duration,
+    /// How long requests in progress may take to finish after that
+    /// (`shutdown_grace`). Default 20s, inside Kubernetes' 30 s termination grace.
+    pub grace: Duration,
 }
 
 /// The listener's certificate and key (`[tls]`).
@@ -312,6 +326,8 @@ fn apply_env(table: &mut toml::Table, rest: &str, value: &str) -> Option<String>
 #[serde(default)]
 struct Raw {
     listen: Option<String>,
+    shutdown_delay: Option<String>,
+    shutdown_grace: Option<String>,
     upstream: Option<RawUpstream>,
     policy: RawPolicy,
     cache: RawCache,
@@ -453,6 +469,19 @@ impl Raw {
             SocketAddr::from(([0, 0, 0, 0], 8080))
         });
 
+        let shutdown = Shutdown {
+            delay: c.duration(
+                "shutdown_delay",
+                self.shutdown_delay.as_deref(),
+                Duration::from_secs(5),
+            ),
+            grace: c.duration(
+                "shutdown_grace",
+                self.shutdown_grace.as_deref(),
+                Duration::from_secs(20),
+            ),
+        };
+
         let upstream = self.upstream.unwrap_or_default();
         let source = upstream_source(&mut c, &mut warnings, env, &upstream);
         let upstream = Upstream {
@@ -590,6 +619,7 @@ impl Raw {
         }
         Ok(Config {
             listen,
+            shutdown,
             upstream,
             policy,
             cache,
@@ -731,6 +761,8 @@ mod tests {
     fn an_empty_file_in_a_pod_gives_the_documented_defaults() {
         let c = from_str("", in_cluster()).unwrap();
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.shutdown.delay, Duration::from_secs(5));
+        assert_eq!(c.shutdown.grace, Duration::from_secs(20));
         assert_eq!(
             c.upstream.source,
             UpstreamSource::Direct {

@@ -27,10 +27,9 @@ use serde::Deserialize;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
-use crate::access::CallerAccess;
-use crate::config::AuthPolicy;
+pub use crate::gate::AppState;
 use crate::metrics::{CacheKind, Endpoint, Outcome};
-use crate::review::{Decision, Reviewer};
+use crate::review::Decision;
 use crate::upstream::UpstreamError;
 
 /// The largest request body read (a TokenReview is about 1–2 KiB).
@@ -40,16 +39,6 @@ pub const MAX_CONCURRENT_REQUESTS: usize = 4096;
 
 const V1: &str = "authentication.k8s.io/v1";
 const V1BETA1: &str = "authentication.k8s.io/v1beta1";
-
-/// What the handlers share.
-pub struct AppState {
-    /// The decision pipeline.
-    pub reviewer: Arc<Reviewer>,
-    /// Who may call the TokenReview endpoints.
-    pub access: CallerAccess,
-    /// Who `/auth` lets through.
-    pub auth: AuthPolicy,
-}
 
 /// The router with its middleware stack. Tests drive it directly.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -159,7 +148,13 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.reviewer.upstream().is_ready() {
+    if state.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n",
+        )
+            .into_response()
+    } else if state.reviewer.upstream().is_ready() {
         "ok\n".into_response()
     } else {
         (
@@ -234,12 +229,13 @@ async fn answer_review(
             "token is required for TokenReview in authentication".into(),
         ));
     }
+    let settings = state.reviewer.settings();
     let requested = request
         .spec
         .audiences
         .as_deref()
         .filter(|a| !a.is_empty())
-        .unwrap_or(state.reviewer.default_audiences());
+        .unwrap_or(&settings.policy.audiences);
     let decision = state.reviewer.review(token, requested).await?;
     record_decision(&decision);
     let authenticated = decision.verdict.authenticated;
@@ -267,7 +263,7 @@ async fn authorize_caller(state: &AppState, headers: &HeaderMap) -> Result<(), A
         return Err(ApiError::Unauthorized);
     }
     let user = decision.verdict.user.clone().unwrap_or_default();
-    match state.access.check(&user).await? {
+    match state.access().check(&user).await? {
         Ok(()) => Ok(()),
         Err(why) => Err(ApiError::Forbidden(format!(
             "tokenreviews.authentication.k8s.io is forbidden: User {:?} cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope: {why}",

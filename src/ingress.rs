@@ -43,8 +43,9 @@ async fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> (Response, 
                 .collect()
         })
         .unwrap_or_default();
+    let settings = state.reviewer.settings();
     let requested = if requested.is_empty() {
-        state.reviewer.default_audiences()
+        &settings.policy.audiences
     } else {
         &requested
     };
@@ -65,7 +66,7 @@ async fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> (Response, 
         return (challenge(Some(&verdict.error)), Outcome::Rejected);
     }
     let user = verdict.user.as_ref().cloned().unwrap_or_default();
-    if let Err(why) = state.auth.allows(&user) {
+    if let Err(why) = state.auth().allows(&user) {
         let response = (StatusCode::FORBIDDEN, format!("{why}\n"));
         return (response.into_response(), Outcome::Rejected);
     }

@@ -11,7 +11,7 @@
 //! Not responsible for: HTTP (see `http`), the wire protocol to the API server (see
 //! `upstream`). A denial is a [`Verdict`], not an error; only "cannot decide now" is an `Err`.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::authentication::v1::TokenReviewStatus;
@@ -88,8 +88,7 @@ fn class(rejection: &Rejection) -> RejectionClass {
 
 /// The pipeline. Share it behind an `Arc`.
 pub struct Reviewer {
-    policy: config::Policy,
-    cache_cfg: config::Cache,
+    settings: RwLock<Arc<Settings>>,
     cache: Arc<VerdictCache>,
     upstream: Arc<Upstream>,
     clock: Arc<dyn Clock>,
@@ -108,6 +107,29 @@ struct Expectation {
     legacy: bool,
 }
 
+/// The part of the configuration the pipeline decides by; replaced whole on a reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// What the gate accepts.
+    pub policy: config::Policy,
+    /// How long verdicts are kept.
+    pub lifetimes: Lifetimes,
+}
+
+impl Settings {
+    /// The settings of a configuration.
+    pub fn of(config: &Config) -> Settings {
+        Settings {
+            policy: config.policy.clone(),
+            lifetimes: Lifetimes {
+                max_ttl: config.cache.max_ttl,
+                negative_ttl: config.cache.negative_ttl,
+                legacy_ttl: config.policy.legacy_ttl,
+            },
+        }
+    }
+}
+
 impl Reviewer {
     /// A pipeline over `upstream` with the configured policy and cache.
     pub fn new(
@@ -117,8 +139,7 @@ impl Reviewer {
         metrics: Arc<Metrics>,
     ) -> Reviewer {
         Reviewer {
-            policy: config.policy.clone(),
-            cache_cfg: config.cache.clone(),
+            settings: RwLock::new(Arc::new(Settings::of(config))),
             cache: Arc::new(VerdictCache::with_metrics(
                 &config.cache,
                 Arc::clone(&metrics),
@@ -129,14 +150,29 @@ impl Reviewer {
         }
     }
 
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        Arc::clone(&self.settings.read().expect("settings lock"))
+    }
+
+    /// Takes the policy and verdict lifetimes of `config`. When they changed, every
+    /// cached verdict is dropped: one decided under the old policy (say, a legacy token
+    /// when they were allowed) must not outlive it. Returns whether anything changed.
+    pub fn reconfigure(&self, config: &Config) -> bool {
+        let new = Settings::of(config);
+        let mut settings = self.settings.write().expect("settings lock");
+        if **settings == new {
+            return false;
+        }
+        *settings = Arc::new(new);
+        drop(settings);
+        self.cache.clear();
+        true
+    }
+
     /// The metrics every stage counts into.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
-    }
-
-    /// The audiences a review asks for when it names none.
-    pub fn default_audiences(&self) -> &[String] {
-        &self.policy.audiences
     }
 
     /// The API server client (readiness, time budget, access reviews).
@@ -162,7 +198,8 @@ impl Reviewer {
     /// authenticate a request to itself: for its own audiences, legacy tokens included
     /// (Vault's `token_reviewer_jwt` is often one).
     pub async fn authenticate_caller(&self, token: &str) -> Result<Decision, UpstreamError> {
-        self.decide(token, &self.policy.api_audiences, Purpose::Caller)
+        let settings = self.settings();
+        self.decide(token, &settings.policy.api_audiences, Purpose::Caller)
             .await
     }
 
@@ -183,7 +220,8 @@ impl Reviewer {
                 fingerprint: fingerprint(&key),
             });
         }
-        let expectation = match self.local_checks(token, audiences, purpose, now) {
+        let settings = self.settings();
+        let expectation = match local_checks(&settings.policy, token, audiences, purpose, now) {
             Ok(e) => e,
             Err(rejection) => {
                 self.metrics.decision(Source::Local);
@@ -201,8 +239,8 @@ impl Reviewer {
             Arc::clone(&self.clock),
             token.to_owned(),
             audiences.to_vec(),
-            self.policy.api_audiences.clone(),
-            self.lifetimes(),
+            settings.policy.api_audiences.clone(),
+            settings.lifetimes,
             expectation,
         );
         let verdict = self.cache.get_or_fetch(key, now, fetch).await?;
@@ -218,61 +256,53 @@ impl Reviewer {
             fingerprint: fingerprint(&key),
         })
     }
+}
 
-    /// The API server's rules that need no I/O; `Ok` means "ask the API server".
-    fn local_checks(
-        &self,
-        raw: &str,
-        audiences: &[String],
-        purpose: Purpose,
-        now: SystemTime,
-    ) -> Result<Expectation, Rejection> {
-        let api_audiences = &self.policy.api_audiences;
-        match token::classify(raw, &self.policy.issuers)? {
-            Classified::Foreign(why) => {
-                // Only the API server's other authenticators could know this token, and
-                // they authenticate only for the API server's own audiences.
-                if token::intersect(audiences, api_audiences).is_empty() {
-                    return Err(Rejection::ForeignAudience {
-                        why,
-                        api_audiences: api_audiences.clone(),
-                        requested: audiences.to_vec(),
-                    });
-                }
-                Ok(Expectation {
-                    identity: None,
-                    expires_at: None,
-                    legacy: false,
-                })
+/// The API server's rules that need no I/O; `Ok` means "ask the API server".
+fn local_checks(
+    policy: &config::Policy,
+    raw: &str,
+    audiences: &[String],
+    purpose: Purpose,
+    now: SystemTime,
+) -> Result<Expectation, Rejection> {
+    let api_audiences = &policy.api_audiences;
+    match token::classify(raw, &policy.issuers)? {
+        Classified::Foreign(why) => {
+            // Only the API server's other authenticators could know this token, and
+            // they authenticate only for the API server's own audiences.
+            if token::intersect(audiences, api_audiences).is_empty() {
+                return Err(Rejection::ForeignAudience {
+                    why,
+                    api_audiences: api_audiences.clone(),
+                    requested: audiences.to_vec(),
+                });
             }
-            Classified::ServiceAccount(t) => {
-                let legacy = t.kind == Kind::Legacy;
-                if legacy && !self.policy.allow_legacy_tokens && purpose == Purpose::Review {
-                    return Err(Rejection::LegacyNotAllowed {
-                        username: t.username(),
-                    });
-                }
-                token::check(&t, audiences, api_audiences, now)?;
-                Ok(Expectation {
-                    identity: Some((t.username(), t.claims.service_account.uid.clone())),
-                    expires_at: t.claims.expires_at,
-                    legacy,
-                })
-            }
+            Ok(Expectation {
+                identity: None,
+                expires_at: None,
+                legacy: false,
+            })
         }
-    }
-
-    fn lifetimes(&self) -> Lifetimes {
-        Lifetimes {
-            max_ttl: self.cache_cfg.max_ttl,
-            negative_ttl: self.cache_cfg.negative_ttl,
-            legacy_ttl: self.policy.legacy_ttl,
+        Classified::ServiceAccount(t) => {
+            let legacy = t.kind == Kind::Legacy;
+            if legacy && !policy.allow_legacy_tokens && purpose == Purpose::Review {
+                return Err(Rejection::LegacyNotAllowed {
+                    username: t.username(),
+                });
+            }
+            token::check(&t, audiences, api_audiences, now)?;
+            Ok(Expectation {
+                identity: Some((t.username(), t.claims.service_account.uid.clone())),
+                expires_at: t.claims.expires_at,
+                legacy,
+            })
         }
     }
 }
 
 /// How long each kind of verdict may be kept.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Lifetimes {
     /// Cap on a positive verdict.
     pub max_ttl: Duration,

@@ -6,6 +6,7 @@ mod cli;
 mod clients;
 mod gate;
 mod ingress;
+mod lifecycle;
 mod observability;
 mod support;
 mod tls;

@@ -1,7 +1,5 @@
 //! What operators see: `/metrics`, and logs that never carry a token.
 
-use std::process::Stdio;
-
 use http::{Method, StatusCode};
 use serde_json::json;
 use tokengate::sim::{Failure, Sim, SimOptions};
@@ -69,32 +67,8 @@ async fn logs_at_debug_carry_decisions_and_fingerprints_but_never_a_token() {
     })
     .await
     .unwrap();
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let config = dir.path().join("gate.toml");
-    std::fs::write(
-        &config,
-        tokengate::cli::dev_config(listen, &sim.url(), dir.path(), sim.issuer()),
-    )
-    .unwrap();
-    let mut child = Command::new(binary())
-        .args([
-            "serve",
-            "--log-format",
-            "json",
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "debug")
-        .env("TOKENGATE_UPSTREAM_TIMEOUT", "1s")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("http://{listen}");
-    await_ready(&url).await;
+    let (mut child, url, _) =
+        serve_process(&sim, dir.path(), &[("TOKENGATE_UPSTREAM_TIMEOUT", "1s")]).await;
 
     sim.create_service_account("apps", "web");
     let mint = |aud: &str| {
@@ -158,11 +132,7 @@ async fn logs_at_debug_carry_decisions_and_fingerprints_but_never_a_token() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&auth.stdout), "200");
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status()
-        .await
-        .unwrap();
+    signal(&child, "TERM").await;
     let mut logs = String::new();
     child
         .stderr

@@ -315,7 +315,7 @@ pub async fn get(url: &str) -> (StatusCode, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// An HTTP(S) client trusting only `ca_pem` (no CA: plain HTTP only).
 fn client(ca_pem: Option<&str>) -> HttpClient {
@@ -377,4 +377,64 @@ async fn exchange(
 /// The built `tokengate` binary.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tokengate"))
+}
+
+/// `tokengate serve` as a process of its own, in front of `sim` (whose files are in
+/// `dir`), with its config in `dir/gate.toml`, JSON logs at debug on a piped stderr,
+/// and `env` added to its environment. Ready when this returns.
+pub async fn serve_process(
+    sim: &Sim,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String, PathBuf) {
+    // A free port: bound, read, released; the gate binds it a moment later.
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = dir.join("gate.toml");
+    let text = tokengate::cli::dev_config(listen, &sim.url(), dir, sim.issuer());
+    std::fs::write(&config, text).unwrap();
+    let child = tokio::process::Command::new(binary())
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "debug")
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{listen}");
+    await_ready(&url).await;
+    (child, url, config)
+}
+
+/// Sends a signal to a child process.
+pub async fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("the process runs").to_string();
+    let status = tokio::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A client for plain-HTTP gates of other processes.
+pub fn plain_client() -> HttpClient {
+    client(None)
+}
+
+/// POSTs `body` to `url` as `bearer`; the answer as JSON (Null when it is not JSON).
+pub async fn post_with(
+    client: &HttpClient,
+    url: &str,
+    bearer: &str,
+    body: String,
+) -> (StatusCode, Value) {
+    let (status, bytes) = raw(client, Method::POST, url, Some(bearer), body).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }

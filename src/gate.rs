@@ -1,0 +1,199 @@
+//! The running gate: building it from a configuration, serving it, reconfiguring it on
+//! a reload, and draining it on shutdown.
+//!
+//! Responsible for: the state every handler shares ([`AppState`]), the readiness probe
+//! at start, the reload of what can change without a restart (policy, access, `/auth`
+//! allow-list, verdict lifetimes), and the shutdown sequence: `/readyz` turns 503 first,
+//! the listener keeps accepting for `shutdown_delay` (so the Service stops sending
+//! traffic before the port closes), then stops accepting, and requests in progress get
+//! `shutdown_grace` to finish.
+//!
+//! Not responsible for: signals and files (the command line's `serve` turns SIGHUP and a
+//! changed config file into [`AppState::reconfigure`], SIGTERM into `shutdown`).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::access::CallerAccess;
+use crate::config::{AuthPolicy, Config};
+use crate::metrics::Metrics;
+use crate::review::{Clock, Reviewer, SystemClock};
+use crate::{http, tls, upstream};
+
+/// What the handlers share.
+pub struct AppState {
+    /// The decision pipeline.
+    pub reviewer: Arc<Reviewer>,
+    access: RwLock<Arc<CallerAccess>>,
+    auth: RwLock<Arc<AuthPolicy>>,
+    config: RwLock<Arc<Config>>,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    fn new(config: &Config, reviewer: Arc<Reviewer>) -> AppState {
+        let access = CallerAccess::new(config.access.clone(), Arc::clone(reviewer.upstream()));
+        AppState {
+            reviewer,
+            access: RwLock::new(Arc::new(access)),
+            auth: RwLock::new(Arc::new(config.auth.clone())),
+            config: RwLock::new(Arc::new(config.clone())),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Who may call the TokenReview endpoints.
+    pub fn access(&self) -> Arc<CallerAccess> {
+        Arc::clone(&self.access.read().expect("access lock"))
+    }
+
+    /// Who `/auth` lets through.
+    pub fn auth(&self) -> Arc<AuthPolicy> {
+        Arc::clone(&self.auth.read().expect("auth lock"))
+    }
+
+    /// Whether the gate is shutting down (`/readyz` answers 503).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Takes what can change without a restart from `new`; returns one line per change,
+    /// including the changes that need a restart to take effect (which are not taken).
+    pub fn reconfigure(&self, new: Config) -> Vec<String> {
+        let mut notes = Vec::new();
+        let old = Arc::clone(&self.config.read().expect("config lock"));
+        if self.reviewer.reconfigure(&new) {
+            notes.push("policy or verdict lifetimes changed: cached verdicts dropped".into());
+        }
+        if new.access != old.access {
+            let access =
+                CallerAccess::new(new.access.clone(), Arc::clone(self.reviewer.upstream()));
+            *self.access.write().expect("access lock") = Arc::new(access);
+            notes.push("access changed".into());
+        }
+        if new.auth != old.auth {
+            *self.auth.write().expect("auth lock") = Arc::new(new.auth.clone());
+            notes.push("auth allow-list changed".into());
+        }
+        for (key, changed) in [
+            ("listen", new.listen != old.listen),
+            ("upstream", new.upstream != old.upstream),
+            ("tls", new.tls != old.tls),
+            (
+                "cache.max_entries / cache.negative_max_entries",
+                (new.cache.max_entries, new.cache.negative_max_entries)
+                    != (old.cache.max_entries, old.cache.negative_max_entries),
+            ),
+            (
+                "shutdown_delay / shutdown_grace",
+                new.shutdown != old.shutdown,
+            ),
+        ] {
+            if changed {
+                notes.push(format!("{key} changed: takes effect at the next restart"));
+            }
+        }
+        *self.config.write().expect("config lock") = Arc::new(new);
+        notes
+    }
+}
+
+/// A gate ready to serve: the handlers' state, the TLS configuration for HTTPS, and how
+/// it shuts down.
+pub struct Gate {
+    /// What the handlers share.
+    pub state: Arc<AppState>,
+    /// The listener's TLS configuration; plain HTTP when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The shutdown sequence's timing.
+    pub shutdown: crate::config::Shutdown,
+}
+
+/// Why the gate could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The API-server client could not be set up.
+    #[error("cannot set up the API-server client")]
+    Upstream(#[from] upstream::BuildError),
+    /// The listener's certificate or key could not be loaded.
+    #[error("cannot load the [tls] certificate and key")]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Builds the gate from a validated configuration: the API-server client (CA and
+/// credential read now, so a bad file fails at start), the decision pipeline, and the
+/// listener's TLS configuration.
+pub async fn build(config: &Config) -> Result<Gate, BuildError> {
+    build_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`build`] with a clock of the caller's (tests move time with it).
+pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Gate, BuildError> {
+    let metrics = Arc::new(Metrics::new());
+    let upstream = upstream::Upstream::from_config(&config.upstream, Arc::clone(&metrics)).await?;
+    let reviewer = Arc::new(Reviewer::new(config, upstream, clock, metrics));
+    let tls = match &config.tls {
+        Some(t) => Some(tls::server_config(&t.cert_file, &t.key_file)?),
+        None => None,
+    };
+    Ok(Gate {
+        state: Arc::new(AppState::new(config, reviewer)),
+        tls,
+        shutdown: config.shutdown,
+    })
+}
+
+/// Serves the gate on `listener` until `shutdown` completes, then drains: `/readyz`
+/// answers 503 at once, the listener closes after `shutdown_delay`, and requests in
+/// progress get `shutdown_grace` to finish. Until the API server has answered once, a
+/// background probe asks it (the readiness latch).
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    gate: Gate,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Gate {
+        state,
+        tls,
+        shutdown: timing,
+    } = gate;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let probe = tokio::spawn({
+        let reviewer = Arc::clone(&state.reviewer);
+        let mut stopped = stopped.clone();
+        async move {
+            tokio::select! {
+                () = reviewer.upstream().probe_until_ready(Duration::from_secs(5)) => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        }
+    });
+    let stop_accepting = {
+        let state = Arc::clone(&state);
+        async move {
+            shutdown.await;
+            state.draining.store(true, Ordering::Relaxed);
+            let _ = stop.send(true);
+            tracing::info!(delay = ?timing.delay, "draining: /readyz answers 503; still serving");
+            tokio::time::sleep(timing.delay).await;
+            tracing::info!(grace = ?timing.grace, "no longer accepting; finishing requests in progress");
+        }
+    };
+    let server = http::serve(listener, tls, http::router(state), stop_accepting);
+    let mut stopped = stopped;
+    let deadline = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+        tokio::time::sleep(timing.delay + timing.grace).await;
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = deadline => {
+            tracing::warn!("shutdown grace period over: requests still in progress are cut off");
+            Ok(())
+        }
+    };
+    probe.abort();
+    result
+}
