@@ -4,6 +4,7 @@
 
 mod cli;
 mod clients;
+mod deploy;
 mod gate;
 mod ingress;
 mod lifecycle;
