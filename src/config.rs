@@ -40,6 +40,8 @@ pub struct Config {
     pub access: Access,
     /// Who `/auth` lets through.
     pub auth: AuthPolicy,
+    /// Local signature checks; off when `None` (`verify.jwks = "off"`).
+    pub verify: Option<Verify>,
     /// HTTPS for the listener; plain HTTP when absent.
     pub tls: Option<Tls>,
     /// Things that work but deserve an operator's attention (logged at start).
@@ -56,6 +58,48 @@ pub struct AuthPolicy {
     pub groups: BTreeSet<String>,
     /// Namespaces whose service accounts are allowed.
     pub namespaces: BTreeSet<String>,
+}
+
+/// Local signature checks (`[verify]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verify {
+    /// Where the issuer's public keys come from. Default: OIDC discovery.
+    pub source: KeySource,
+    /// What to do with a token whose `kid` is not published, after a refresh.
+    /// Default: reject.
+    pub unknown_kid: UnknownKid,
+}
+
+/// Where the keys come from (`[verify]`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    /// `jwks = "discovery"`: the API server's OIDC discovery document and its JWKS,
+    /// fetched with the reviewer credential.
+    Discovery,
+    /// `jwks_file`: a JWKS document on disk.
+    JwksFile(PathBuf),
+    /// `key_files`: PEM public keys, as the API server's `--service-account-key-file`.
+    PemFiles(Vec<PathBuf>),
+}
+
+/// `verify.unknown_kid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownKid {
+    /// `"reject"`: a token signed by no published key is forged, as far as the gate can tell.
+    Reject,
+    /// `"forward"`: let the API server decide (for API servers with an external signer
+    /// whose keys are not all published).
+    Forward,
+}
+
+/// `policy.on_upstream_unavailable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// `"fail-closed"`: a token the cache does not know gets 503.
+    FailClosed,
+    /// `"verify-offline"`: a token whose signature, issuer, times and audience verify
+    /// locally is answered from its claims, marked as decided offline.
+    VerifyOffline,
 }
 
 /// How the gate stops on SIGTERM or SIGINT.
@@ -128,6 +172,11 @@ pub struct Policy {
     pub allow_legacy_tokens: bool,
     /// How long a legacy token's verdict is kept (it has no `exp`). Default 30s.
     pub legacy_ttl: Duration,
+    /// What to answer when the API server cannot be reached. Default fail-closed.
+    pub on_upstream_unavailable: OnUnavailable,
+    /// How long an offline verdict is kept. Default 10s: an offline verdict cannot see
+    /// that a pod was deleted, so it is asked again soon.
+    pub offline_ttl: Duration,
 }
 
 /// How long verdicts are kept.
@@ -295,7 +344,9 @@ struct InClusterEnv {
 }
 
 /// Sections of the file; an environment variable's name is `TOKENGATE_` + section + key.
-const SECTIONS: [&str; 6] = ["upstream", "policy", "cache", "access", "auth", "tls"];
+const SECTIONS: [&str; 7] = [
+    "upstream", "policy", "cache", "access", "auth", "tls", "verify",
+];
 
 /// Writes `TOKENGATE_<SECTION>_<KEY>=value` into the table; returns the dotted key, or
 /// `None` when the name fits no section. Values are read as TOML when they parse as a
@@ -334,6 +385,16 @@ struct Raw {
     access: RawAccess,
     auth: RawAuth,
     tls: Option<RawTls>,
+    verify: RawVerify,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawVerify {
+    jwks: Option<String>,
+    jwks_file: Option<PathBuf>,
+    key_files: Option<Vec<PathBuf>>,
+    unknown_kid: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -377,6 +438,8 @@ struct RawPolicy {
     issuers: Option<Vec<String>>,
     allow_legacy_tokens: Option<bool>,
     legacy_ttl: Option<String>,
+    on_upstream_unavailable: Option<String>,
+    offline_ttl: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -534,6 +597,19 @@ impl Raw {
                 p.legacy_ttl.as_deref(),
                 Duration::from_secs(30),
             ),
+            on_upstream_unavailable: match p.on_upstream_unavailable.as_deref() {
+                None | Some("fail-closed") => OnUnavailable::FailClosed,
+                Some("verify-offline") => OnUnavailable::VerifyOffline,
+                Some(other) => {
+                    c.problems.push(format!("`policy.on_upstream_unavailable` = {other:?} is not a choice; use \"fail-closed\" or \"verify-offline\""));
+                    OnUnavailable::FailClosed
+                }
+            },
+            offline_ttl: c.duration(
+                "policy.offline_ttl",
+                p.offline_ttl.as_deref(),
+                Duration::from_secs(10),
+            ),
         };
 
         let k = self.cache;
@@ -602,6 +678,11 @@ impl Raw {
             namespaces: a.namespaces.unwrap_or_default().into_iter().collect(),
         };
 
+        let verify = verify(&mut c, self.verify);
+        if policy.on_upstream_unavailable == OnUnavailable::VerifyOffline && verify.is_none() {
+            c.problems.push("`policy.on_upstream_unavailable` = \"verify-offline\" needs signature checks: set [verify] (jwks = \"discovery\", jwks_file or key_files)".into());
+        }
+
         let tls = match self.tls.map(|t| (t.cert_file, t.key_file)) {
             None => None,
             Some((Some(cert_file), Some(key_file))) => Some(Tls {
@@ -625,10 +706,49 @@ impl Raw {
             cache,
             access,
             auth,
+            verify,
             tls,
             warnings,
         })
     }
+}
+
+fn verify(c: &mut Check, raw: RawVerify) -> Option<Verify> {
+    let unknown_kid = match raw.unknown_kid.as_deref() {
+        None | Some("reject") => UnknownKid::Reject,
+        Some("forward") => UnknownKid::Forward,
+        Some(other) => {
+            c.problems.push(format!(
+                "`verify.unknown_kid` = {other:?} is not a choice; use \"reject\" or \"forward\""
+            ));
+            UnknownKid::Reject
+        }
+    };
+    let source = match (raw.jwks.as_deref(), raw.jwks_file, raw.key_files) {
+        (Some("off"), None, None) => return None,
+        (None | Some("discovery"), None, None) => KeySource::Discovery,
+        (None, Some(file), None) => KeySource::JwksFile(file),
+        (None, None, Some(files)) if !files.is_empty() => KeySource::PemFiles(files),
+        (None, None, Some(_)) => {
+            c.problems
+                .push("`verify.key_files` is empty; name the PEM public keys, or remove it".into());
+            KeySource::Discovery
+        }
+        (Some(other), None, None) => {
+            c.problems.push(format!(
+                "`verify.jwks` = {other:?} is not a choice; use \"discovery\" or \"off\" (or set verify.jwks_file / verify.key_files instead)"
+            ));
+            KeySource::Discovery
+        }
+        _ => {
+            c.problems.push("`verify.jwks`, `verify.jwks_file` and `verify.key_files` name three ways to get keys: keep one".into());
+            KeySource::Discovery
+        }
+    };
+    Some(Verify {
+        source,
+        unknown_kid,
+    })
 }
 
 fn upstream_source(
@@ -962,6 +1082,46 @@ mod tests {
         );
         let p = problems("[access]\nmode = \"rbac\"\n", in_cluster());
         assert!(p[0].contains("`access.mode` = \"rbac\""), "{p:?}");
+    }
+
+    #[test]
+    fn signature_checks_default_to_discovery_and_take_one_source() {
+        let c = from_str("", in_cluster()).unwrap();
+        assert_eq!(
+            c.verify,
+            Some(Verify {
+                source: KeySource::Discovery,
+                unknown_kid: UnknownKid::Reject
+            })
+        );
+        let c = from_str(
+            "[verify]\nkey_files = [\"/sa.pub\"]\nunknown_kid = \"forward\"\n",
+            in_cluster(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.verify,
+            Some(Verify {
+                source: KeySource::PemFiles(vec!["/sa.pub".into()]),
+                unknown_kid: UnknownKid::Forward
+            })
+        );
+        assert_eq!(
+            from_str("[verify]\njwks = \"off\"\n", in_cluster())
+                .unwrap()
+                .verify,
+            None
+        );
+        let p = problems(
+            "[verify]\njwks = \"off\"\n[policy]\non_upstream_unavailable = \"verify-offline\"\n",
+            in_cluster(),
+        );
+        assert!(p[0].contains("needs signature checks"), "{p:?}");
+        let p = problems(
+            "[verify]\njwks_file = \"/j\"\nkey_files = [\"/k\"]\n",
+            in_cluster(),
+        );
+        assert!(p[0].contains("keep one"), "{p:?}");
     }
 
     #[test]

@@ -17,7 +17,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::access::CallerAccess;
-use crate::config::{AuthPolicy, Config};
+use crate::config::{AuthPolicy, Config, KeySource};
+use crate::keys::{Keys, KeysError};
 use crate::metrics::Metrics;
 use crate::review::{Clock, Reviewer, SystemClock};
 use crate::{http, tls, upstream};
@@ -120,6 +121,9 @@ pub enum BuildError {
     /// The listener's certificate or key could not be loaded.
     #[error("cannot load the [tls] certificate and key")]
     Tls(#[from] tls::TlsError),
+    /// The `[verify]` key files could not be loaded.
+    #[error("cannot load the [verify] keys")]
+    Keys(#[from] KeysError),
 }
 
 /// Builds the gate from a validated configuration: the API-server client (CA and
@@ -132,8 +136,20 @@ pub async fn build(config: &Config) -> Result<Gate, BuildError> {
 /// [`build`] with a clock of the caller's (tests move time with it).
 pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Gate, BuildError> {
     let metrics = Arc::new(Metrics::new());
-    let upstream = upstream::Upstream::from_config(&config.upstream, Arc::clone(&metrics)).await?;
-    let reviewer = Arc::new(Reviewer::new(config, upstream, clock, metrics));
+    let upstream =
+        Arc::new(upstream::Upstream::from_config(&config.upstream, Arc::clone(&metrics)).await?);
+    let keys = match &config.verify {
+        None => None,
+        Some(verify) => {
+            let keys = Keys::new(verify.source.clone(), Arc::clone(&upstream));
+            // Keys on disk must load at start; discovery may come later (readiness waits).
+            if verify.source != KeySource::Discovery {
+                keys.refresh_now().await?;
+            }
+            Some(Arc::new(keys))
+        }
+    };
+    let reviewer = Arc::new(Reviewer::new(config, upstream, keys, clock, metrics));
     let tls = match &config.tls {
         Some(t) => Some(tls::server_config(&t.cert_file, &t.key_file)?),
         None => None,
@@ -170,6 +186,10 @@ pub async fn run(
             }
         }
     });
+    let key_refresh = state.reviewer.keys().map(|keys| {
+        let keys = Arc::clone(keys);
+        tokio::spawn(async move { keys.refresh_periodically().await })
+    });
     let stop_accepting = {
         let state = Arc::clone(&state);
         async move {
@@ -195,5 +215,8 @@ pub async fn run(
         }
     };
     probe.abort();
+    if let Some(task) = key_refresh {
+        task.abort();
+    }
     result
 }

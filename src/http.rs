@@ -148,21 +148,26 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let unavailable = |why: String| (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     if state.is_draining() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: shutting down\n",
-        )
-            .into_response()
-    } else if state.reviewer.upstream().is_ready() {
-        "ok\n".into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the API server has not answered a TokenReview yet\n",
-        )
-            .into_response()
+        return unavailable("not ready: shutting down\n".into());
     }
+    if !state.reviewer.upstream().is_ready() {
+        return unavailable(
+            "not ready: the API server has not answered a TokenReview yet\n".into(),
+        );
+    }
+    if let Some(keys) = state.reviewer.keys()
+        && !keys.is_loaded()
+    {
+        let why = keys
+            .last_error()
+            .unwrap_or_else(|| "not fetched yet".into());
+        return unavailable(format!(
+            "not ready: the service-account issuer's keys are not loaded ({why})\n"
+        ));
+    }
+    "ok\n".into_response()
 }
 
 /// A TokenReview as callers send it: either API version, `kind` checked by hand.

@@ -23,6 +23,7 @@ pub mod config;
 pub mod gate;
 pub mod http;
 pub mod ingress;
+pub mod keys;
 pub mod metrics;
 pub mod reload;
 pub mod review;

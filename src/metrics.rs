@@ -74,6 +74,8 @@ label_enum! {
         Cache = "cache",
         /// The API server.
         Upstream = "upstream",
+        /// The token's verified claims, while the API server could not be reached.
+        Offline = "offline",
     }
 }
 
@@ -90,6 +92,8 @@ label_enum! {
         SubjectMismatch = "subject_mismatch",
         Legacy = "legacy",
         Foreign = "foreign",
+        Signature = "signature",
+        UnknownKey = "unknown_key",
     }
 }
 
@@ -114,6 +118,8 @@ label_enum! {
         TokenReview = "tokenreview",
         /// SubjectAccessReview.
         SubjectAccessReview = "subjectaccessreview",
+        /// OIDC discovery and the issuer's keys.
+        Keys = "keys",
     }
 }
 

@@ -14,12 +14,13 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::authentication::v1::TokenReviewStatus;
+use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 
 use crate::cache::{Fetched, Purpose, Verdict, VerdictCache};
-use crate::config::{self, Config};
+use crate::config::{self, Config, OnUnavailable, UnknownKid};
+use crate::keys::{Keys, Verification};
 use crate::metrics::{Metrics, RejectionClass};
-use crate::token::{self, Classified, Kind, Rejection};
+use crate::token::{self, Classified, Kind, Rejection, ServiceAccountToken};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Where time comes from. Injected so tests can move it.
@@ -71,6 +72,55 @@ fn fingerprint(key: &crate::cache::Key) -> Fingerprint {
     Fingerprint([key[0], key[1], key[2], key[3]])
 }
 
+/// The verdict the API server would give a service-account token whose signature,
+/// issuer, times and audience verified locally, marked as decided offline. `None` for
+/// tokens it cannot be given to: unverified ones, and legacy ones (whose validity hangs
+/// on a Secret only the API server can see).
+fn offline_verdict(e: &Expectation) -> Option<Verdict> {
+    let (t, audiences) = e.token.as_ref()?;
+    if !e.verified || e.legacy {
+        return None;
+    }
+    let c = &t.claims;
+    let mut extra = std::collections::BTreeMap::new();
+    if let Some(pod) = &c.pod {
+        extra.insert(
+            "authentication.kubernetes.io/pod-name".to_string(),
+            vec![pod.name.clone()],
+        );
+        extra.insert(
+            "authentication.kubernetes.io/pod-uid".to_string(),
+            vec![pod.uid.clone()],
+        );
+    }
+    if let Some(jti) = &c.jti {
+        extra.insert(
+            "authentication.kubernetes.io/credential-id".to_string(),
+            vec![format!("JTI={jti}")],
+        );
+    }
+    extra.insert(OFFLINE_EXTRA.to_string(), vec!["true".to_string()]);
+    Some(Verdict {
+        authenticated: true,
+        user: Some(UserInfo {
+            username: Some(t.username()),
+            uid: Some(c.service_account.uid.clone()),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{}", c.namespace),
+                "system:authenticated".into(),
+            ]),
+            extra: Some(extra),
+        }),
+        audiences: audiences.clone(),
+        error: String::new(),
+    })
+}
+
+/// The extra key that marks a verdict decided from the token's claims while the API
+/// server could not be reached.
+pub const OFFLINE_EXTRA: &str = "tokengate.io/decided-offline";
+
 /// A local rejection's class, as a metric label.
 fn class(rejection: &Rejection) -> RejectionClass {
     match rejection {
@@ -91,6 +141,7 @@ pub struct Reviewer {
     settings: RwLock<Arc<Settings>>,
     cache: Arc<VerdictCache>,
     upstream: Arc<Upstream>,
+    keys: Option<Arc<Keys>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -105,6 +156,10 @@ struct Expectation {
     expires_at: Option<i64>,
     /// Whether it is a legacy token (kept only `legacy_ttl`).
     legacy: bool,
+    /// For a service-account JWT: the token, and the requested audiences it is valid for.
+    token: Option<(Arc<ServiceAccountToken>, Vec<String>)>,
+    /// Whether its signature verified locally.
+    verified: bool,
 }
 
 /// The part of the configuration the pipeline decides by; replaced whole on a reload.
@@ -114,6 +169,8 @@ pub struct Settings {
     pub policy: config::Policy,
     /// How long verdicts are kept.
     pub lifetimes: Lifetimes,
+    /// What a token signed by no published key gets.
+    pub unknown_kid: UnknownKid,
 }
 
 impl Settings {
@@ -126,6 +183,10 @@ impl Settings {
                 negative_ttl: config.cache.negative_ttl,
                 legacy_ttl: config.policy.legacy_ttl,
             },
+            unknown_kid: config
+                .verify
+                .as_ref()
+                .map_or(UnknownKid::Reject, |v| v.unknown_kid),
         }
     }
 }
@@ -134,7 +195,8 @@ impl Reviewer {
     /// A pipeline over `upstream` with the configured policy and cache.
     pub fn new(
         config: &Config,
-        upstream: Upstream,
+        upstream: Arc<Upstream>,
+        keys: Option<Arc<Keys>>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Reviewer {
@@ -144,15 +206,50 @@ impl Reviewer {
                 &config.cache,
                 Arc::clone(&metrics),
             )),
-            upstream: Arc::new(upstream),
+            upstream,
+            keys,
             clock,
             metrics,
         }
     }
 
+    /// The issuer's keys, when signatures are checked locally.
+    pub fn keys(&self) -> Option<&Arc<Keys>> {
+        self.keys.as_ref()
+    }
+
     /// The settings in force.
     pub fn settings(&self) -> Arc<Settings> {
         Arc::clone(&self.settings.read().expect("settings lock"))
+    }
+
+    /// A local "no": counted, logged at debug, kept in the cache when `keep` says so.
+    fn local_rejection(
+        &self,
+        key: crate::cache::Key,
+        verdict: Verdict,
+        class: RejectionClass,
+        keep: Option<(SystemTime, Duration)>,
+    ) -> Decision {
+        self.metrics.decision(Source::Local);
+        self.metrics.local_rejection(class);
+        tracing::debug!(fingerprint = %fingerprint(&key), reason = %verdict.error, "token rejected locally");
+        let verdict = Arc::new(verdict);
+        if let Some((now, ttl)) = keep {
+            self.cache.insert(
+                key,
+                &Fetched {
+                    verdict: Arc::clone(&verdict),
+                    expires_at: now + ttl,
+                    ttl,
+                },
+            );
+        }
+        Decision {
+            verdict,
+            source: Source::Local,
+            fingerprint: fingerprint(&key),
+        }
     }
 
     /// Takes the policy and verdict lifetimes of `config`. When they changed, every
@@ -221,19 +318,47 @@ impl Reviewer {
             });
         }
         let settings = self.settings();
-        let expectation = match local_checks(&settings.policy, token, audiences, purpose, now) {
+        let mut expectation = match local_checks(&settings.policy, token, audiences, purpose, now) {
             Ok(e) => e,
             Err(rejection) => {
-                self.metrics.decision(Source::Local);
-                self.metrics.local_rejection(class(&rejection));
-                tracing::debug!(fingerprint = %fingerprint(&key), reason = %rejection, "token rejected locally");
-                return Ok(Decision {
-                    verdict: Arc::new(Verdict::denied(rejection.to_string())),
-                    source: Source::Local,
-                    fingerprint: fingerprint(&key),
-                });
+                let verdict = Verdict::denied(rejection.to_string());
+                return Ok(self.local_rejection(key, verdict, class(&rejection), None));
             }
         };
+        if let (Some(keys), Some((parsed, _))) = (&self.keys, &expectation.token) {
+            match keys.verify(token, &parsed.header).await {
+                Verification::Valid => expectation.verified = true,
+                Verification::Invalid(reason) => {
+                    // A forged token stays forged: keep the answer, so it costs no
+                    // signature check the next time either.
+                    let ttl = settings.lifetimes.negative_ttl;
+                    let verdict = Verdict::denied(reason);
+                    return Ok(self.local_rejection(
+                        key,
+                        verdict,
+                        RejectionClass::Signature,
+                        Some((now, ttl)),
+                    ));
+                }
+                Verification::UnknownKey(reason) if settings.unknown_kid == UnknownKid::Reject => {
+                    let verdict = Verdict::denied(format!(
+                        "{reason}; the token is not signed by the service-account issuer (verify.unknown_kid = \"forward\" lets the API server decide)"
+                    ));
+                    return Ok(self.local_rejection(
+                        key,
+                        verdict,
+                        RejectionClass::UnknownKey,
+                        None,
+                    ));
+                }
+                Verification::UnknownKey(reason) | Verification::Unverifiable(reason) => {
+                    tracing::debug!(fingerprint = %fingerprint(&key), %reason, "signature not checked locally; the API server decides");
+                }
+            }
+        }
+        let offline = (settings.policy.on_upstream_unavailable == OnUnavailable::VerifyOffline)
+            .then(|| offline_verdict(&expectation))
+            .flatten();
         let fetch = fetch(
             Arc::clone(&self.upstream),
             Arc::clone(&self.clock),
@@ -243,7 +368,29 @@ impl Reviewer {
             settings.lifetimes,
             expectation,
         );
-        let verdict = self.cache.get_or_fetch(key, now, fetch).await?;
+        let verdict = match self.cache.get_or_fetch(key, now, fetch).await {
+            Ok(verdict) => verdict,
+            Err(e) if e.is_unavailability() && offline.is_some() => {
+                let verdict = Arc::new(offline.expect("checked above"));
+                let ttl = settings.policy.offline_ttl;
+                self.cache.insert(
+                    key,
+                    &Fetched {
+                        verdict: Arc::clone(&verdict),
+                        expires_at: now + ttl,
+                        ttl,
+                    },
+                );
+                self.metrics.decision(Source::Offline);
+                tracing::warn!(fingerprint = %fingerprint(&key), error = %e, "the API server cannot be reached: token answered from its verified claims");
+                return Ok(Decision {
+                    verdict,
+                    source: Source::Offline,
+                    fingerprint: fingerprint(&key),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         self.metrics.decision(Source::Upstream);
         tracing::debug!(
             fingerprint = %fingerprint(&key),
@@ -282,6 +429,8 @@ fn local_checks(
                 identity: None,
                 expires_at: None,
                 legacy: false,
+                token: None,
+                verified: false,
             })
         }
         Classified::ServiceAccount(t) => {
@@ -291,11 +440,13 @@ fn local_checks(
                     username: t.username(),
                 });
             }
-            token::check(&t, audiences, api_audiences, now)?;
+            let valid = token::check(&t, audiences, api_audiences, now)?;
             Ok(Expectation {
                 identity: Some((t.username(), t.claims.service_account.uid.clone())),
                 expires_at: t.claims.expires_at,
                 legacy,
+                token: Some((Arc::from(t), valid)),
+                verified: false,
             })
         }
     }
@@ -512,6 +663,8 @@ mod tests {
             identity: Some(("system:serviceaccount:apps:web".into(), "sa-1".into())),
             expires_at: None,
             legacy: false,
+            token: None,
+            verified: false,
         }
     }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
-use http::{HeaderValue, Request, StatusCode, Uri};
+use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -81,6 +81,21 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether the error means "the API server cannot answer now" (it is down, slow,
+    /// overloaded or failing), as opposed to a refusal of our credential or an answer
+    /// that makes no sense.
+    pub fn is_unavailability(&self) -> bool {
+        match self {
+            UpstreamError::Saturated(_) | UpstreamError::Timeout(_) | UpstreamError::Connect(_) => {
+                true
+            }
+            UpstreamError::Status { code, .. } => *code == 429 || *code >= 500,
+            UpstreamError::Unauthorized
+            | UpstreamError::Forbidden(_)
+            | UpstreamError::BadResponse(_) => false,
+        }
+    }
+
     /// The error's kind, as a metric label.
     pub fn kind(&self) -> UpstreamErrorKind {
         match self {
@@ -132,6 +147,7 @@ pub enum BuildError {
 /// The API-server client. Cheap to share behind an `Arc`.
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    base: String,
     review_uri: Uri,
     access_review_uri: Uri,
     credential: Credential,
@@ -211,6 +227,7 @@ impl Upstream {
             .build(connector);
         Ok(Upstream {
             client,
+            base: base.trim_end_matches('/').to_string(),
             review_uri,
             access_review_uri,
             credential,
@@ -331,17 +348,46 @@ impl Upstream {
     /// POSTs `body` to `uri` under the in-flight bound and the time budget, retrying what
     /// is retryable and re-reading the credential once on a 401; returns the answer's body.
     async fn call(&self, call: Call, uri: &Uri, body: Bytes) -> Result<Bytes, UpstreamError> {
+        self.request(call, Method::POST, uri, body)
+            .await
+            .map(|reply| reply.body)
+    }
+
+    /// GETs `path` of the API server (discovery, keys) like any other call; returns the
+    /// body and its `Cache-Control: max-age`.
+    pub async fn get(&self, path: &str) -> Result<(Bytes, Option<Duration>), UpstreamError> {
+        let uri: Uri = format!("{}{path}", self.base).parse().map_err(|e| {
+            UpstreamError::BadResponse(format!("cannot form a URL for {path}: {e}"))
+        })?;
+        let reply = self
+            .request(Call::Keys, Method::GET, &uri, Bytes::new())
+            .await?;
+        Ok((reply.body, reply.max_age))
+    }
+
+    async fn request(
+        &self,
+        call: Call,
+        method: Method,
+        uri: &Uri,
+        body: Bytes,
+    ) -> Result<Reply, UpstreamError> {
         let started = Instant::now();
         let in_flight = self.metrics.upstream_in_flight();
         in_flight.inc();
-        let result = self.call_with_retries(uri, body).await;
+        let result = self.call_with_retries(&method, uri, body).await;
         in_flight.dec();
         let error = result.as_ref().err().map(UpstreamError::kind);
         self.metrics.upstream_call(call, started.elapsed(), error);
         result
     }
 
-    async fn call_with_retries(&self, uri: &Uri, body: Bytes) -> Result<Bytes, UpstreamError> {
+    async fn call_with_retries(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        body: Bytes,
+    ) -> Result<Reply, UpstreamError> {
         let _permit = self
             .limit
             .clone()
@@ -351,10 +397,11 @@ impl Upstream {
         let mut backoff = BACKOFF_START;
         let mut reread_credential = false;
         loop {
-            let attempt = tokio::time::timeout_at(deadline, self.send(uri, body.clone())).await;
+            let attempt =
+                tokio::time::timeout_at(deadline, self.send(method, uri, body.clone())).await;
             let (error, retry_after) = match attempt {
                 Err(_) => return Err(UpstreamError::Timeout(self.timeout)),
-                Ok(Ok(Answer::Body(bytes))) => return Ok(bytes),
+                Ok(Ok(Answer::Body(reply))) => return Ok(reply),
                 Ok(Ok(Answer::Unauthorized)) if !reread_credential => {
                     // The kubelet may have rotated the token since we last read it.
                     reread_credential = true;
@@ -376,8 +423,10 @@ impl Upstream {
         }
     }
 
-    async fn send(&self, uri: &Uri, body: Bytes) -> Result<Answer, UpstreamError> {
-        let mut request = Request::post(uri.clone())
+    async fn send(&self, method: &Method, uri: &Uri, body: Bytes) -> Result<Answer, UpstreamError> {
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(uri.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json")
             .header(USER_AGENT, concat!("tokengate/", env!("CARGO_PKG_VERSION")))
@@ -403,11 +452,21 @@ impl Upstream {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        let max_age = response
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.split(',')
+                    .find_map(|d| d.trim().strip_prefix("max-age="))
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .map(Duration::from_secs);
         let json = response
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_none_or(|v| v.starts_with("application/json"));
+            .is_none_or(|v| v.contains("json"));
         let bytes = match Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
@@ -425,7 +484,10 @@ impl Upstream {
                         "its Content-Type is not application/json".into(),
                     ));
                 }
-                Ok(Answer::Body(bytes))
+                Ok(Answer::Body(Reply {
+                    body: bytes,
+                    max_age,
+                }))
             }
             StatusCode::UNAUTHORIZED => Ok(Answer::Unauthorized),
             StatusCode::FORBIDDEN => Err(UpstreamError::Forbidden(status_message(&bytes))),
@@ -446,9 +508,15 @@ impl Upstream {
     }
 }
 
+/// A successful answer: its body, and how long it may be kept (`Cache-Control: max-age`).
+struct Reply {
+    body: Bytes,
+    max_age: Option<Duration>,
+}
+
 /// One attempt's outcome, before the retry policy.
 enum Answer {
-    Body(Bytes),
+    Body(Reply),
     Unauthorized,
     Retryable(UpstreamError, Option<Duration>),
 }

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::api::Shared;
+use super::status::ApiError;
 
 /// `GET /version`.
 pub(crate) async fn version() -> Response {
@@ -74,6 +75,9 @@ pub(crate) async fn authentication_v1() -> Response {
 
 /// `GET /.well-known/openid-configuration`.
 pub(crate) async fn openid_configuration(State(cluster): Shared) -> Response {
+    if cluster.knobs.discovery_down() {
+        return ApiError::unavailable().into_response();
+    }
     let doc = json!({
         "issuer": cluster.issuer,
         "jwks_uri": format!("{}/openid/v1/jwks", cluster.url),
@@ -86,6 +90,10 @@ pub(crate) async fn openid_configuration(State(cluster): Shared) -> Response {
 
 /// `GET /openid/v1/jwks`: every signing key, current and retired.
 pub(crate) async fn jwks(State(cluster): Shared) -> Response {
+    if cluster.knobs.discovery_down() {
+        return ApiError::unavailable().into_response();
+    }
+    cluster.knobs.count_jwks();
     cacheable("application/jwk-set+json", &cluster.keys.jwks())
 }
 

@@ -132,11 +132,8 @@ impl SigningKey {
     }
 }
 
-/// The API server's key id: base64url (no padding) of SHA-256 over the DER SPKI.
-pub(crate) fn kid_for_spki(spki_der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);
-    URL_SAFE_NO_PAD.encode(digest.as_ref())
-}
+/// The API server's key id (one derivation, shared with the gate's key loading).
+pub(crate) use crate::keys::kid_of_spki as kid_for_spki;
 
 /// The signing keys: the current one signs, every one (current and retired) verifies.
 pub(crate) struct Keyring {

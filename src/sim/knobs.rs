@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -127,6 +127,8 @@ pub(crate) struct Knobs {
     latency_micros: AtomicU64,
     reviews: AtomicU64,
     access_reviews: AtomicU64,
+    jwks: AtomicU64,
+    discovery_down: AtomicBool,
 }
 
 impl Knobs {
@@ -165,6 +167,26 @@ impl Knobs {
     /// TokenReviews that reached the handler so far, whatever their outcome.
     pub(crate) fn reviews(&self) -> u64 {
         self.reviews.load(Ordering::Relaxed)
+    }
+
+    /// Counts one JWKS document served.
+    pub(crate) fn count_jwks(&self) {
+        self.jwks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// JWKS documents served so far.
+    pub(crate) fn jwks(&self) -> u64 {
+        self.jwks.load(Ordering::Relaxed)
+    }
+
+    /// Makes OIDC discovery and the JWKS answer 503 (or serve again).
+    pub(crate) fn set_discovery_down(&self, down: bool) {
+        self.discovery_down.store(down, Ordering::Relaxed);
+    }
+
+    /// Whether OIDC discovery and the JWKS answer 503.
+    pub(crate) fn discovery_down(&self) -> bool {
+        self.discovery_down.load(Ordering::Relaxed)
     }
 
     /// Counts one SubjectAccessReview that reached the handler.

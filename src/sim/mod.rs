@@ -337,6 +337,16 @@ impl Sim {
         self.cluster.knobs.reviews()
     }
 
+    /// JWKS documents served so far (key refreshes by the gate).
+    pub fn jwks_served(&self) -> u64 {
+        self.cluster.knobs.jwks()
+    }
+
+    /// Makes OIDC discovery and the JWKS answer 503 (`false`) or serve again (`true`).
+    pub fn set_discovery_available(&self, available: bool) {
+        self.cluster.knobs.set_discovery_down(!available);
+    }
+
     /// SubjectAccessReviews answered so far.
     pub fn access_reviews_served(&self) -> u64 {
         self.cluster.knobs.access_reviews()

@@ -81,6 +81,15 @@ impl ApiError {
         )
     }
 
+    /// 503 `ServiceUnavailable` (the discovery knob).
+    pub(crate) fn unavailable() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        )
+    }
+
     /// 404 for a path the sim does not serve.
     pub(crate) fn no_route() -> ApiError {
         ApiError::new(

@@ -9,5 +9,6 @@ mod gate;
 mod ingress;
 mod lifecycle;
 mod observability;
+mod signatures;
 mod support;
 mod tls;

@@ -177,9 +177,16 @@ async fn start(
 }
 
 impl TestGate {
-    /// Waits for the readiness latch (the probe's first answer from the sim), bounded.
+    /// Waits for the readiness latch (the probe's first answer from the sim) and, when
+    /// signatures are checked, for the keys, bounded.
     pub async fn wait_ready(&self) {
-        let ready = self.state.reviewer.upstream().wait_ready();
+        let reviewer = &self.state.reviewer;
+        let ready = async {
+            reviewer.upstream().wait_ready().await;
+            if let Some(keys) = reviewer.keys() {
+                keys.wait_loaded().await;
+            }
+        };
         tokio::time::timeout(std::time::Duration::from_secs(10), ready)
             .await
             .expect("the gate becomes ready within 10s");

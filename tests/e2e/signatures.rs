@@ -1,0 +1,270 @@
+//! Local signature checks against the sim's published keys: forged tokens die here,
+//! key rotation is followed, and with `verify-offline` verified tokens are answered while
+//! the API server is down.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use http::StatusCode;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{Value, json};
+use tokengate::sim::Failure;
+
+use crate::support::*;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Claims as the API server lays them out, for an existing service account.
+fn claims(gate: &TestGate, ns: &str, name: &str, uid: &str) -> Value {
+    let t = now();
+    json!({
+        "aud": ["vault"], "iat": t, "nbf": t, "exp": t + 3600, "iss": gate.sim.issuer(),
+        "jti": "b7c2f1a0-0000-4000-8000-000000000000",
+        "sub": format!("system:serviceaccount:{ns}:{name}"),
+        "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": name, "uid": uid}}
+    })
+}
+
+/// A token with real claims and `header`, signed by a key of the forger's own.
+fn forge(header: &Value, claims: &Value) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let signer = EncodingKey::from_ec_der(&key.serialize_der());
+    let message = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &signer, Algorithm::ES256).unwrap();
+    format!("{message}.{signature}")
+}
+
+#[tokio::test]
+async fn forged_tokens_are_rejected_locally_and_cost_nothing_the_second_time() {
+    let gate = spawn_gate(&[]).await;
+    let uid = gate.sim.create_service_account("apps", "web");
+    let kid = gate.sim.current_kid();
+    let forged = forge(
+        &json!({"alg": "ES256", "kid": kid}),
+        &claims(&gate, "apps", "web", &uid),
+    );
+    let (calls, jwks) = (gate.upstream_calls(), gate.sim.jwks_served());
+    for _ in 0..3 {
+        let (status, review) = gate.review(&forged, None).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert!(!authenticated(&review));
+        assert!(error(&review).contains("invalid signature"), "{review}");
+    }
+    assert_eq!(
+        gate.upstream_calls(),
+        calls,
+        "a forged token never reaches the API server"
+    );
+    assert_eq!(gate.sim.jwks_served(), jwks, "a known kid needs no refresh");
+    let (_, _, metrics) = gate.call(http::Method::GET, "/metrics", None).await;
+    assert!(
+        metrics.contains(r#"tokengate_local_rejections_total{reason="signature"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn alg_none_and_hs256_with_the_public_key_never_pass() {
+    let gate = spawn_gate(&[]).await;
+    let uid = gate.sim.create_service_account("apps", "web");
+    let kid = gate.sim.current_kid();
+    let body = b64(claims(&gate, "apps", "web", &uid).to_string().as_bytes());
+    let none = format!("{}.{body}.", b64(br#"{"alg":"none"}"#));
+    // The classic confusion: HMAC keyed with public bytes the attacker can read. HS* is
+    // refused before any key is looked up, so which public bytes does not matter.
+    let header = b64(format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#).as_bytes());
+    let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, gate.sim.ca_pem().as_bytes());
+    let mac = ring::hmac::sign(&hmac_key, format!("{header}.{body}").as_bytes());
+    let hs256 = format!("{header}.{body}.{}", b64(mac.as_ref()));
+    let calls = gate.upstream_calls();
+    for (name, token, needle) in [
+        ("none", none, r#"algorithm "none" is not allowed"#),
+        ("HS256", hs256, r#"algorithm "HS256" is not allowed"#),
+    ] {
+        let (_, review) = gate.review(&token, None).await;
+        assert!(!authenticated(&review), "{name}");
+        assert!(error(&review).contains(needle), "{name}: {review}");
+    }
+    assert_eq!(gate.upstream_calls(), calls);
+}
+
+#[tokio::test]
+async fn an_unknown_kid_causes_one_refresh_then_a_rejection_however_many_arrive() {
+    let gate = spawn_gate(&[]).await;
+    let uid = gate.sim.create_service_account("apps", "web");
+    let jwks = gate.sim.jwks_served();
+    let calls = gate.upstream_calls();
+    for i in 0..20 {
+        let forged = forge(
+            &json!({"alg": "ES256", "kid": format!("random-{i}")}),
+            &claims(&gate, "apps", "web", &uid),
+        );
+        let (_, review) = gate.review(&forged, None).await;
+        assert!(!authenticated(&review));
+        assert!(
+            error(&review).contains(&format!(
+                "no published service-account key has kid \"random-{i}\""
+            )),
+            "{review}"
+        );
+    }
+    assert_eq!(
+        gate.sim.jwks_served() - jwks,
+        1,
+        "one refresh for the whole flood"
+    );
+    assert_eq!(gate.upstream_calls(), calls);
+}
+
+#[tokio::test]
+async fn an_unknown_kid_is_forwarded_when_configured() {
+    let gate = spawn_gate(&[("TOKENGATE_VERIFY_UNKNOWN_KID", "forward")]).await;
+    let uid = gate.sim.create_service_account("apps", "web");
+    let forged = forge(
+        &json!({"alg": "ES256", "kid": "external-signer"}),
+        &claims(&gate, "apps", "web", &uid),
+    );
+    let calls = gate.upstream_calls();
+    let (_, review) = gate.review(&forged, None).await;
+    assert!(
+        !authenticated(&review),
+        "the API server refuses it: {review}"
+    );
+    assert_eq!(gate.upstream_calls() - calls, 1);
+}
+
+#[tokio::test]
+async fn tokens_of_a_rotated_key_verify_after_one_refresh_and_old_ones_still_do() {
+    let gate = spawn_gate(&[]).await;
+    let old = gate.workload_token("apps", "web", &["vault"]);
+    let new_kid = gate.sim.rotate_keys().unwrap();
+    let new = gate.mint("apps", "web", &["vault"], Some("web-0"));
+    assert!(new.starts_with(&b64(
+        format!(r#"{{"alg":"ES256","kid":"{new_kid}"}}"#).as_bytes()
+    )));
+    let jwks = gate.sim.jwks_served();
+    let (_, review) = gate.review(&new, None).await;
+    assert!(authenticated(&review), "{review}");
+    assert_eq!(gate.sim.jwks_served() - jwks, 1);
+    let (_, review) = gate.review(&old, None).await;
+    assert!(authenticated(&review), "{review}");
+}
+
+#[tokio::test]
+async fn with_discovery_down_at_start_the_gate_is_not_ready_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = tokengate::sim::Sim::start(tokengate::sim::SimOptions {
+        out_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sim.set_discovery_available(false);
+    let text = tokengate::cli::dev_config(
+        "127.0.0.1:0".parse().unwrap(),
+        &sim.url(),
+        dir.path(),
+        sim.issuer(),
+    );
+    let config = tokengate::config::from_str(&text, std::iter::empty()).unwrap();
+    let gate = tokengate::build(&config).await.unwrap();
+    let state = gate.state.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(tokengate::run(listener, gate, async move {
+        let _ = stopped.await;
+    }));
+    state.reviewer.upstream().wait_ready().await;
+    let keys = state.reviewer.keys().unwrap().clone();
+    // The first load has been tried and failed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while keys.last_error().is_none() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = get(&format!("{url}/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body.contains("the service-account issuer's keys are not loaded"),
+        "{body}"
+    );
+    assert!(body.contains("503"), "{body}");
+    sim.set_discovery_available(true);
+    tokio::time::timeout(Duration::from_secs(10), keys.wait_loaded())
+        .await
+        .expect("keys load once discovery is back");
+    assert_eq!(get(&format!("{url}/readyz")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn verify_offline_answers_verified_tokens_while_the_api_server_is_down_and_stops_when_it_is_back()
+ {
+    let clock = TestClock::new();
+    let gate = spawn_gate_with_clock(
+        &[
+            ("TOKENGATE_POLICY_ON_UPSTREAM_UNAVAILABLE", "verify-offline"),
+            ("TOKENGATE_UPSTREAM_TIMEOUT", "1s"),
+        ],
+        clock.clone(),
+    )
+    .await;
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    let uid = gate.sim.create_service_account("apps", "other");
+    let forged = forge(
+        &json!({"alg": "ES256", "kid": gate.sim.current_kid()}),
+        &claims(&gate, "apps", "other", &uid),
+    );
+    gate.sim.fail_next(1000, Failure::Status(503));
+
+    let (status, review) = gate.review(&token, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{review}");
+    assert!(authenticated(&review), "{review}");
+    let user = &review["status"]["user"];
+    assert_eq!(user["username"], "system:serviceaccount:apps:web");
+    assert_eq!(
+        user["extra"]["tokengate.io/decided-offline"],
+        json!(["true"])
+    );
+    assert_eq!(
+        user["extra"]["authentication.kubernetes.io/pod-name"],
+        json!(["web-0"])
+    );
+    let (_, review) = gate.review(&forged, None).await;
+    assert!(
+        !authenticated(&review),
+        "a forged token is no better offline"
+    );
+    let (_, _, metrics) = gate.call(http::Method::GET, "/metrics", None).await;
+    assert!(
+        metrics.contains(r#"tokengate_decisions_total{source="offline"} 1"#),
+        "{metrics}"
+    );
+
+    // The API server is back; once the offline verdict's short life is over, it decides again.
+    gate.sim.fail_next(0, Failure::Status(503));
+    clock.advance(Duration::from_secs(11));
+    gate.authenticate_reviewer().await;
+    let (_, review) = gate.review(&token, None).await;
+    assert!(authenticated(&review));
+    assert!(
+        review["status"]["user"]["extra"]
+            .get("tokengate.io/decided-offline")
+            .is_none(),
+        "{review}"
+    );
+}
