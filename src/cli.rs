@@ -15,6 +15,7 @@ use base64::Engine as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
+use crate::keys::{KeySet, Verification};
 use crate::reload::Stamp;
 use crate::sim::{MintRequest, Sim, SimOptions};
 use crate::token::{self, Classified};
@@ -80,6 +81,13 @@ pub enum Command {
         /// Accepted issuer (repeatable); default: any.
         #[arg(long = "issuer")]
         issuers: Vec<String>,
+        /// Check the signature against this JWKS: a file, or an http(s) URL such as the
+        /// API server's `/openid/v1/jwks` (only the key set is fetched; the token is sent nowhere).
+        #[arg(long)]
+        jwks: Option<String>,
+        /// CA bundle (PEM) to trust when `--jwks` is an https URL.
+        #[arg(long)]
+        cacert: Option<PathBuf>,
     },
     /// Load and validate a config file, print what is wrong, and exit.
     CheckConfig,
@@ -109,7 +117,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
             token,
             audiences,
             issuers,
-        } => inspect(token, &audiences, &issuers),
+            jwks,
+            cacert,
+        } => inspect(token, &audiences, &issuers, jwks, cacert).await,
     }
 }
 
@@ -219,6 +229,45 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: draining in-flight requests");
 }
 
+/// GETs a JWKS document (the token is not part of the request).
+async fn fetch_jwks(url: &str, cacert: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    use http_body_util::BodyExt as _;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = cacert {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        for cert in rustls_pemfile::certs(&mut &pem[..]).filter_map(Result::ok) {
+            roots.add(cert)?;
+        }
+    } else if url.starts_with("https://") {
+        anyhow::bail!(
+            "--jwks {url} is https: pass --cacert with the CA that signed its certificate"
+        );
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    let response = client
+        .get(url.parse().with_context(|| format!("{url} is not a URL"))?)
+        .await
+        .with_context(|| format!("cannot fetch {url}"))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "{url} answered {}",
+        response.status()
+    );
+    Ok(response.into_body().collect().await?.to_bytes().to_vec())
+}
+
 async fn sim(listen: SocketAddr, out: Option<PathBuf>, tls: bool) -> anyhow::Result<Exit> {
     let sim = Sim::start(SimOptions {
         listen,
@@ -323,11 +372,24 @@ review_callers = ["system:serviceaccount:tokengate:tokengate-reviewer"]
     )
 }
 
-fn inspect(
+async fn inspect(
     token: Option<String>,
     audiences: &[String],
     issuers: &[String],
+    jwks: Option<String>,
+    cacert: Option<PathBuf>,
 ) -> anyhow::Result<Exit> {
+    let keys = match jwks {
+        None => None,
+        Some(source) => {
+            let bytes = if source.starts_with("http://") || source.starts_with("https://") {
+                fetch_jwks(&source, cacert.as_deref()).await?
+            } else {
+                std::fs::read(&source).with_context(|| format!("cannot read {source}"))?
+            };
+            Some(KeySet::from_jwks(&bytes)?)
+        }
+    };
     let raw = match token.as_deref() {
         None | Some("-") => {
             let mut s = String::new();
@@ -339,7 +401,7 @@ fn inspect(
         }
         Some(t) => t.trim().to_string(),
     };
-    let (report, ok) = inspect_report(&raw, audiences, issuers, SystemTime::now());
+    let (report, ok) = inspect_report(&raw, audiences, issuers, keys.as_ref(), SystemTime::now());
     print!("{report}");
     Ok(if ok { Exit::Ok } else { Exit::No })
 }
@@ -349,6 +411,7 @@ pub fn inspect_report(
     raw: &str,
     audiences: &[String],
     issuers: &[String],
+    keys: Option<&KeySet>,
     now: SystemTime,
 ) -> (String, bool) {
     use std::fmt::Write as _;
@@ -422,11 +485,24 @@ pub fn inspect_report(
             } else {
                 requested.clone()
             };
+            let signature = match keys.map(|k| k.verify(raw, &t.header)) {
+                None => Ok("signature not checked (pass --jwks FILE|URL)"),
+                Some(Verification::Valid) => Ok("signature valid"),
+                Some(Verification::Unverifiable(why)) => {
+                    let _ = writeln!(out, "signature: not checked here: {why}");
+                    Ok("signature not checked")
+                }
+                Some(Verification::Invalid(why) | Verification::UnknownKey(why)) => Err(why),
+            };
             token::check(&t, &requested, &api_audiences, now)
-                .map(|valid| {
-                    format!("valid for audiences {valid:?} as far as local checks can tell")
-                })
                 .map_err(|r| r.to_string())
+                .and_then(|valid| {
+                    signature.map(|sig| {
+                        format!(
+                            "valid for audiences {valid:?} as far as local checks can tell, {sig}"
+                        )
+                    })
+                })
         }
     };
     let ok = verdict.is_ok();
