@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt as _;
@@ -210,7 +210,12 @@ impl VerdictCache {
         F: Future<Output = Result<Fetched, UpstreamError>> + Send + 'static,
     {
         let pending = {
-            let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+            // A panic elsewhere cannot leave the map inconsistent (every change is one
+            // insert or remove), so a poisoned lock is still good to use.
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             // Checked again under the lock: a fetch may have finished since the caller looked.
             if let Some(verdict) = self.get(&key, now) {
                 return Ok(verdict);
@@ -258,9 +263,12 @@ struct InFlightGuard<'a> {
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        if let Ok(mut in_flight) = self.cache.in_flight.lock() {
-            in_flight.remove(&self.key);
-        }
+        let mut in_flight = self
+            .cache
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        in_flight.remove(&self.key);
     }
 }
 

@@ -303,6 +303,7 @@ pub fn from_str(
         match name.as_str() {
             "KUBERNETES_SERVICE_HOST" => in_cluster_env.host = Some(value),
             "KUBERNETES_SERVICE_PORT" => in_cluster_env.port = Some(value),
+            _ if not_a_config_override(&name) => {}
             _ => {
                 if let Some(rest) = name.strip_prefix("TOKENGATE_") {
                     match apply_env(&mut table, rest, &value) {
@@ -334,6 +335,18 @@ pub fn from_str(
         }
     }
     raw.validate(&in_cluster_env, problems)
+}
+
+/// `TOKENGATE_…` variables that are not configuration: the command line's own
+/// (`TOKENGATE_CONFIG`, `TOKENGATE_LOG_FORMAT`), and the service links the kubelet sets
+/// in every pod of a namespace with a Service named `tokengate`
+/// (`TOKENGATE_SERVICE_HOST`, `TOKENGATE_SERVICE_PORT[_NAME]`, `TOKENGATE_PORT[_…]`).
+fn not_a_config_override(name: &str) -> bool {
+    matches!(
+        name,
+        "TOKENGATE_CONFIG" | "TOKENGATE_LOG_FORMAT" | "TOKENGATE_PORT"
+    ) || name.starts_with("TOKENGATE_SERVICE_")
+        || name.starts_with("TOKENGATE_PORT_")
 }
 
 /// The variables the kubelet sets in every pod, which tell where the API server is.
@@ -1020,6 +1033,20 @@ mod tests {
         assert!(c.access.allows("u1", &[]));
         assert!(c.access.allows("someone", &["g1".to_string()]));
         assert!(!c.access.allows("someone", &["g2".to_string()]));
+    }
+
+    #[test]
+    fn command_line_variables_and_kubernetes_service_links_are_not_overrides() {
+        let vars = env(&[
+            ("TOKENGATE_CONFIG", "/etc/tokengate/tokengate.toml"),
+            ("TOKENGATE_LOG_FORMAT", "json"),
+            ("TOKENGATE_SERVICE_HOST", "10.96.12.7"),
+            ("TOKENGATE_SERVICE_PORT", "8080"),
+            ("TOKENGATE_SERVICE_PORT_HTTP", "8080"),
+            ("TOKENGATE_PORT", "tcp://10.96.12.7:8080"),
+            ("TOKENGATE_PORT_8080_TCP_ADDR", "10.96.12.7"),
+        ]);
+        assert!(from_str(DIRECT, vars).is_ok());
     }
 
     #[test]

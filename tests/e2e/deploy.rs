@@ -552,20 +552,24 @@ fn deployment_runs_as_the_restricted_pod_security_standard_asks() {
 }
 
 #[test]
-fn service_links_stay_off_because_the_gate_refuses_unknown_tokengate_variables() {
+fn service_link_variables_do_not_stop_the_gate_even_with_links_on() {
     let d = load();
     assert_eq!(d.pod_spec().enable_service_links, Some(false));
-    // What the kubelet would inject for the `tokengate` Service with links on:
+    // What the kubelet injects for the `tokengate` Service when links are on; the gate
+    // must start all the same (a namespace may turn links back on).
     let service_links = [
         ("TOKENGATE_SERVICE_HOST", "10.96.12.34"),
         ("TOKENGATE_SERVICE_PORT", "8080"),
+        ("TOKENGATE_SERVICE_PORT_HTTP", "8080"),
         ("TOKENGATE_PORT", "tcp://10.96.12.34:8080"),
+        ("TOKENGATE_PORT_8080_TCP", "tcp://10.96.12.34:8080"),
+        ("TOKENGATE_PORT_8080_TCP_PROTO", "tcp"),
+        ("TOKENGATE_PORT_8080_TCP_PORT", "8080"),
+        ("TOKENGATE_PORT_8080_TCP_ADDR", "10.96.12.34"),
     ];
-    let refused = config::from_str(d.config_text(), in_cluster_env(&service_links));
-    assert!(
-        refused.is_err(),
-        "the gate now tolerates service-link variables; enableServiceLinks: false may go"
-    );
+    if let Err(e) = config::from_str(d.config_text(), in_cluster_env(&service_links)) {
+        panic!("service-link variables stop the gate: {e}");
+    }
 }
 
 #[test]
