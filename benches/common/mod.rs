@@ -1,0 +1,106 @@
+//! What the benches share: a sim with workloads that hold pod-bound tokens, and verdicts
+//! shaped like the API server's answers for them.
+//!
+//! Each bench compiles this module on its own and uses a part of it.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use k8s_openapi::api::authentication::v1::TokenReviewStatus;
+use tokengate::cache::Verdict;
+use tokengate::sim::{MintRequest, Sim};
+
+/// The audience the benches' tokens are minted for and reviewed against.
+pub const AUDIENCE: &str = "vault";
+
+/// Namespaces, service accounts and pods that tokens are minted for: `pods` pods spread
+/// over ten namespaces, one service account per namespace.
+pub struct Workloads {
+    /// (namespace, service account, pod).
+    pub pods: Vec<(String, String, String)>,
+}
+
+impl Workloads {
+    /// Creates `pods` pods (and their service accounts) in `sim`.
+    pub fn create(sim: &Sim, pods: usize) -> Workloads {
+        let pods = (0..pods)
+            .map(|i| {
+                let ns = format!("team-{:02}", i % 10);
+                let sa = format!("{ns}-app");
+                let pod = format!("{sa}-7d9f8c6b5-{i:05}");
+                sim.create_service_account(&ns, &sa);
+                sim.create_pod(&ns, &pod, &sa);
+                (ns, sa, pod)
+            })
+            .collect();
+        Workloads { pods }
+    }
+
+    /// `n` fresh pod-bound tokens for [`AUDIENCE`], one hour long, round-robin over the pods.
+    pub fn mint(&self, sim: &Sim, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let (ns, sa, pod) = &self.pods[i % self.pods.len()];
+                sim.mint(&MintRequest {
+                    namespace: ns.clone(),
+                    service_account: sa.clone(),
+                    audiences: vec![AUDIENCE.to_owned()],
+                    expiration_seconds: Some(3600),
+                    pod: Some(pod.clone()),
+                })
+                .expect("the sim mints a token for an existing pod")
+            })
+            .collect()
+    }
+}
+
+/// The TokenReview `status` the API server gives for the `i`-th pod-bound token: a
+/// service-account user, 3 groups, 3 extras (pod name, pod UID, credential id),
+/// audiences `[vault]`. Distinct strings per `i`, as distinct tokens have.
+pub fn status_json(i: usize) -> String {
+    let ns = format!("team-{:02}", i % 10);
+    let sa = format!("{ns}-app");
+    let pod = format!("{sa}-7d9f8c6b5-{i:07}");
+    let sa_uid = format!("5f0c1a2e-8d3b-4c6a-9e71-{:012x}", i % 10);
+    let pod_uid = format!("a3e4b1c9-2f6d-4e8a-b5c7-{i:012x}");
+    let jti = format!("0b7e6f3a-91c4-4d2e-8a5f-{i:012x}");
+    format!(
+        r#"{{"authenticated":true,"user":{{"username":"system:serviceaccount:{ns}:{sa}","uid":"{sa_uid}","groups":["system:serviceaccounts","system:serviceaccounts:{ns}","system:authenticated"],"extra":{{"authentication.kubernetes.io/credential-id":["JTI={jti}"],"authentication.kubernetes.io/pod-name":["{pod}"],"authentication.kubernetes.io/pod-uid":["{pod_uid}"]}}}},"audiences":["{AUDIENCE}"]}}"#
+    )
+}
+
+/// The verdict the gate keeps for the `i`-th token: built from the parsed answer as the
+/// pipeline builds it (`review::judge` moves `status.user` and `status.audiences` in), so
+/// its allocations are those of a real verdict.
+pub fn realistic_verdict(i: usize) -> Arc<Verdict> {
+    let status: TokenReviewStatus =
+        serde_json::from_str(&status_json(i)).expect("the status template is valid JSON");
+    Arc::new(Verdict {
+        authenticated: true,
+        user: status.user,
+        audiences: status.audiences.unwrap_or_default(),
+        error: String::new(),
+    })
+}
+
+/// The claims of `token` (a sim-minted JWT), decoded without any check.
+pub fn claims_of(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("the payload is base64url");
+    serde_json::from_slice(&bytes).expect("the payload is JSON")
+}
+
+/// `token` re-signed by the sim's own key with its times moved two hours back: a real,
+/// correctly signed token of a live pod that expired an hour ago.
+pub fn expired_copy(sim: &Sim, token: &str) -> String {
+    let mut claims = claims_of(token);
+    let shift = 7200;
+    for time in ["exp", "iat", "nbf"] {
+        let t = claims[time].as_i64().expect("time claims are integers");
+        claims[time] = (t - shift).into();
+    }
+    sim.sign_claims(&claims)
+}
