@@ -30,6 +30,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// How the gate stops on SIGTERM.
     pub shutdown: Shutdown,
+    /// What protects the listener from abusive clients.
+    pub limits: Limits,
     /// How to reach the API server.
     pub upstream: Upstream,
     /// What the gate accepts.
@@ -100,6 +102,17 @@ pub enum OnUnavailable {
     /// `"verify-offline"`: a token whose signature, issuer, times and audience verify
     /// locally is answered from its claims, marked as decided offline.
     VerifyOffline,
+}
+
+/// What protects the listener from abusive clients.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Connections open at once (`max_connections`); a connection past it is closed at
+    /// once. Default 10,000.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (`header_read_timeout`);
+    /// a client that dribbles them is disconnected. Default 10s.
+    pub header_read_timeout: Duration,
 }
 
 /// How the gate stops on SIGTERM or SIGINT.
@@ -392,6 +405,8 @@ struct Raw {
     listen: Option<String>,
     shutdown_delay: Option<String>,
     shutdown_grace: Option<String>,
+    max_connections: Option<i64>,
+    header_read_timeout: Option<String>,
     upstream: Option<RawUpstream>,
     policy: RawPolicy,
     cache: RawCache,
@@ -558,6 +573,25 @@ impl Raw {
             ),
         };
 
+        let limits = Limits {
+            max_connections: usize::try_from(c.positive(
+                "max_connections",
+                self.max_connections,
+                10_000,
+            ))
+            .unwrap_or(usize::MAX),
+            header_read_timeout: c.duration(
+                "header_read_timeout",
+                self.header_read_timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
+        };
+        if limits.header_read_timeout.is_zero() {
+            c.problems.push(
+                "`header_read_timeout` must be longer than 0s; the default is \"10s\"".into(),
+            );
+        }
+
         let upstream = self.upstream.unwrap_or_default();
         let source = upstream_source(&mut c, &mut warnings, env, &upstream);
         let upstream = Upstream {
@@ -714,6 +748,7 @@ impl Raw {
         Ok(Config {
             listen,
             shutdown,
+            limits,
             upstream,
             policy,
             cache,

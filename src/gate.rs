@@ -110,6 +110,8 @@ pub struct Gate {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The shutdown sequence's timing.
     pub shutdown: crate::config::Shutdown,
+    /// The listener's limits.
+    pub limits: crate::config::Limits,
 }
 
 /// Why the gate could not be built from its configuration.
@@ -158,6 +160,7 @@ pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<
         state: Arc::new(AppState::new(config, reviewer)),
         tls,
         shutdown: config.shutdown,
+        limits: config.limits,
     })
 }
 
@@ -174,6 +177,7 @@ pub async fn run(
         state,
         tls,
         shutdown: timing,
+        limits,
     } = gate;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let probe = tokio::spawn({
@@ -201,7 +205,7 @@ pub async fn run(
             tracing::info!(grace = ?timing.grace, "no longer accepting; finishing requests in progress");
         }
     };
-    let server = http::serve(listener, tls, http::router(state), stop_accepting);
+    let server = http::serve(listener, tls, limits, http::router(state), stop_accepting);
     let mut stopped = stopped;
     let deadline = async move {
         let _ = stopped.wait_for(|s| *s).await;

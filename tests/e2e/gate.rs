@@ -448,12 +448,14 @@ async fn readiness_waits_for_the_api_server_and_health_does_not() {
     );
     let config = tokengate::config::from_str(&text, std::iter::empty()).unwrap();
     let gate = tokengate::build(&config).await.unwrap();
+    let limits = gate.limits;
     let app = tokengate::router(gate.state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(tokengate::http::serve(
         listener,
         None,
+        limits,
         app,
         std::future::pending(),
     ));

@@ -2,6 +2,7 @@
 //! server, driven over real sockets, plus the real clients (kubectl, the Python
 //! `kubernetes` client) and the real binary. One test binary keeps link time down.
 
+mod abuse;
 mod cli;
 mod clients;
 mod deploy;
