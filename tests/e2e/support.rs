@@ -445,3 +445,21 @@ pub async fn post_with(
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
 }
+
+/// A loopback port nothing listens on right now, for a peer process (OpenBao, nginx) to
+/// bind a moment later; such peers take no port 0 that they would report back.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET over plain HTTP: the status, or `None` while nothing answers (a peer that is
+/// still starting).
+pub async fn try_get(url: &str) -> Option<StatusCode> {
+    let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    let response = client(None).request(request).await.ok()?;
+    Some(response.status())
+}

@@ -1,0 +1,295 @@
+//! nginx's `auth_request` in front of a backend, with tokengate's `/auth` as the auth
+//! hook: the real nginx (Debian's `nginx-full`, installed by `scripts/test`) with the
+//! configuration the README shows, one per test on a free loopback port.
+//!
+//! What nginx does with the hook's answer, as these tests pin it down: a 2xx lets the
+//! request through (and `auth_request_set` picks the identity headers off it); a 401 or
+//! 403 is passed to the client, a 401 with the hook's `WWW-Authenticate`; anything else,
+//! a 503 from the gate or no gate at all, becomes nginx's own 500. Never the backend.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use tokengate::sim::Failure;
+use tokio::process::{Child, Command};
+
+use crate::support::*;
+
+/// The protected site and, on a second port, the backend behind it, which answers with
+/// the identity nginx passed on. `{gate}` is the hook's `host:port`.
+const NGINX_CONF: &str = r#"
+# One process, in the foreground, everything under the test's directory.
+daemon off;
+master_process off;
+error_log {dir}/error.log info;
+pid {dir}/nginx.pid;
+events { worker_connections 64; }
+
+http {
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+
+    # --- as in the README ---
+    server {
+        listen 127.0.0.1:{port};
+
+        location / {
+            auth_request /_tokengate;
+            auth_request_set $tokengate_user $upstream_http_x_remote_user;
+            auth_request_set $tokengate_uid $upstream_http_x_remote_uid;
+            # Set, never passed through: a client's own X-Remote-User is overwritten.
+            proxy_set_header X-Remote-User $tokengate_user;
+            proxy_set_header X-Remote-Uid $tokengate_uid;
+            proxy_pass http://127.0.0.1:{backend};
+        }
+
+        location = /_tokengate {
+            internal;
+            proxy_pass http://{gate}/auth?audience=api;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-URI $request_uri;
+            proxy_connect_timeout 2s;
+            proxy_read_timeout 10s;
+        }
+    }
+    # --- end ---
+
+    server {
+        listen 127.0.0.1:{backend};
+        location / {
+            return 200 "backend: user=$http_x_remote_user uid=$http_x_remote_uid uri=$request_uri\n";
+        }
+    }
+}
+"#;
+
+/// An nginx process, killed when dropped (one process: `master_process off`).
+struct Nginx {
+    url: String,
+    dir: tempfile::TempDir,
+    _child: Child,
+}
+
+impl Nginx {
+    /// Starts nginx with `auth_request` to the hook at `gate` (`host:port`) and waits,
+    /// bounded, until it answers.
+    async fn start(gate: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, backend) = (free_port(), free_port());
+        let conf = NGINX_CONF
+            .replace("{dir}", &dir.path().display().to_string())
+            .replace("{port}", &port.to_string())
+            .replace("{backend}", &backend.to_string())
+            .replace("{gate}", gate);
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("nginx could not be started ({e}); scripts/test installs it (Debian's nginx-full)")
+            });
+        let nginx = Nginx {
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            _child: child,
+        };
+        // Any answer will do: the backend's port answers once nginx has bound both.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while try_get(&format!("http://127.0.0.1:{backend}/"))
+            .await
+            .is_none()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start within 10s:\n{}",
+                nginx.error_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        nginx
+    }
+
+    /// A GET through nginx with an optional bearer token and extra headers.
+    async fn get(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut request = Request::get(format!("{}{path}", self.url));
+        if let Some(token) = bearer {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = plain_client()
+            .request(request.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .expect("nginx answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn error_log(&self) -> String {
+        read(&self.dir.path().join("error.log"))
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The gate's `host:port`.
+fn authority(gate: &TestGate) -> String {
+    gate.url.trim_start_matches("http://").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_token_reaches_the_backend_with_the_identity_and_nothing_else_does() {
+    let gate = spawn_gate(&[]).await;
+    let nginx = Nginx::start(&authority(&gate)).await;
+    let token = gate.workload_token("apps", "web", &["api"]);
+    let uid = gate.sim.create_service_account("apps", "web");
+
+    let (status, _, body) = nginx.get("/orders/42?x=1", Some(&token), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", nginx.error_log());
+    assert_eq!(
+        body,
+        format!("backend: user=system:serviceaccount:apps:web uid={uid} uri=/orders/42?x=1\n")
+    );
+
+    // A client's own identity header never reaches the backend: nginx overwrites it
+    // with the hook's answer, or (no token) never gets that far.
+    let spoof = [("x-remote-user", "system:admin")];
+    let (_, _, body) = nginx.get("/", Some(&token), &spoof).await;
+    assert!(
+        body.starts_with("backend: user=system:serviceaccount:apps:web "),
+        "{body}"
+    );
+    assert_eq!(
+        nginx.get("/", None, &spoof).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Cached: more requests with the same token ask the API server nothing.
+    let before = gate.upstream_calls();
+    for _ in 0..5 {
+        assert_eq!(nginx.get("/", Some(&token), &[]).await.0, StatusCode::OK);
+    }
+    assert_eq!(gate.upstream_calls(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_expired_and_wrong_audience_tokens_get_401_with_the_gates_challenge() {
+    let gate = spawn_gate(&[]).await;
+    let nginx = Nginx::start(&authority(&gate)).await;
+    let uid = gate.sim.create_service_account("apps", "web");
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expired = gate.sim.sign_claims(&serde_json::json!({
+        "aud": ["api"], "iat": t - 7200, "nbf": t - 7200, "exp": t - 3600,
+        "iss": gate.sim.issuer(), "jti": "5d2c1b3a-0000-4000-8000-000000000000",
+        "sub": "system:serviceaccount:apps:web",
+        "kubernetes.io": {"namespace": "apps", "serviceaccount": {"name": "web", "uid": uid}}
+    }));
+    let wrong_audience = gate.mint("apps", "web", &["vault"], None);
+
+    let (status, h, body) = nginx.get("/", None, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h["www-authenticate"], r#"Bearer realm="tokengate""#);
+    assert!(!body.contains("backend"), "{body}");
+
+    for (case, token, description) in [
+        (
+            "expired",
+            expired.as_str(),
+            "service account token has expired",
+        ),
+        (
+            "wrong audience",
+            wrong_audience.as_str(),
+            "token audiences ['vault'] is invalid for the target audiences ['api']",
+        ),
+        ("garbage", "not-a-jwt", "token is not a JWT"),
+    ] {
+        let (status, h, body) = nginx.get("/", Some(token), &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{case}: {body}");
+        let challenge = h["www-authenticate"].to_str().unwrap();
+        assert!(
+            challenge.starts_with(
+                r#"Bearer realm="tokengate", error="invalid_token", error_description=""#
+            ) && challenge.contains(description),
+            "{case}: {challenge}"
+        );
+        // The body is nginx's own 401 page, not the gate's reason or the backend.
+        assert!(
+            body.contains("401 Authorization Required"),
+            "{case}: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecidable_token_or_a_gate_that_is_down_is_a_500_never_the_backend() {
+    let gate = spawn_gate(&[("TOKENGATE_UPSTREAM_TIMEOUT", "1s")]).await;
+    let nginx = Nginx::start(&authority(&gate)).await;
+    let cached = gate.workload_token("apps", "web", &["api"]);
+    assert_eq!(nginx.get("/", Some(&cached), &[]).await.0, StatusCode::OK);
+
+    // The API server hangs: the gate answers 503, which auth_request turns into 500.
+    gate.sim.fail_next(100, Failure::Hang);
+    let fresh = gate.mint("apps", "web", &["api"], Some("web-0"));
+    let (status, h, body) = nginx.get("/", Some(&fresh), &[]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(h.get("www-authenticate").is_none());
+    assert!(!body.contains("backend"), "{body}");
+    assert!(
+        nginx
+            .error_log()
+            .contains("auth request unexpected status: 503"),
+        "{}",
+        nginx.error_log()
+    );
+    // Meanwhile a token the gate has decided before still gets in.
+    assert_eq!(nginx.get("/", Some(&cached), &[]).await.0, StatusCode::OK);
+
+    // The gate is gone: nginx cannot connect (502 inside), and answers 500.
+    let url = gate.url.clone();
+    drop(gate);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while try_get(&format!("{url}/healthz")).await.is_some() {
+        assert!(Instant::now() < deadline, "the gate still listens");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for token in [&cached, &fresh] {
+        let (status, _, body) = nginx.get("/", Some(token), &[]).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert!(!body.contains("backend"), "{body}");
+    }
+    assert!(
+        nginx.error_log().contains("Connection refused"),
+        "{}",
+        nginx.error_log()
+    );
+}

