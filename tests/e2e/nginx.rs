@@ -5,7 +5,8 @@
 //! What nginx does with the hook's answer, as these tests pin it down: a 2xx lets the
 //! request through (and `auth_request_set` picks the identity headers off it); a 401 or
 //! 403 is passed to the client, a 401 with the hook's `WWW-Authenticate`; anything else,
-//! a 503 from the gate or no gate at all, becomes nginx's own 500. Never the backend.
+//! a 503 from the gate or no gate at all, becomes nginx's own 500 (which the README's
+//! `error_page` turns back into a 503). Never the backend.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,6 +49,14 @@ http {
             proxy_set_header X-Remote-User $tokengate_user;
             proxy_set_header X-Remote-Uid $tokengate_uid;
             proxy_pass http://127.0.0.1:{backend};
+            # A failed auth subrequest (the gate's 503, or no gate) is nginx's own 500:
+            # say 503, "cannot decide now", as the gate did. The backend's own 5xx
+            # answers pass through untouched (proxy_intercept_errors is off).
+            error_page 500 = @tokengate_unavailable;
+        }
+
+        location @tokengate_unavailable {
+            return 503 "authentication unavailable, try again\n";
         }
 
         location = /_tokengate {
@@ -64,6 +73,9 @@ http {
 
     server {
         listen 127.0.0.1:{backend};
+        location = /fails {
+            return 500 "backend failed\n";
+        }
         location / {
             return 200 "backend: user=$http_x_remote_user uid=$http_x_remote_uid uri=$request_uri\n";
         }
@@ -251,19 +263,20 @@ async fn missing_expired_and_wrong_audience_tokens_get_401_with_the_gates_challe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_undecidable_token_or_a_gate_that_is_down_is_a_500_never_the_backend() {
+async fn an_undecidable_token_or_a_gate_that_is_down_is_a_503_never_the_backend() {
     let gate = spawn_gate(&[("TOKENGATE_UPSTREAM_TIMEOUT", "1s")]).await;
     let nginx = Nginx::start(&authority(&gate)).await;
     let cached = gate.workload_token("apps", "web", &["api"]);
     assert_eq!(nginx.get("/", Some(&cached), &[]).await.0, StatusCode::OK);
 
-    // The API server hangs: the gate answers 503, which auth_request turns into 500.
+    // The API server hangs: the gate answers 503, which auth_request makes a 500, and
+    // the README's error_page a 503 again.
     gate.sim.fail_next(100, Failure::Hang);
     let fresh = gate.mint("apps", "web", &["api"], Some("web-0"));
     let (status, h, body) = nginx.get("/", Some(&fresh), &[]).await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body, "authentication unavailable, try again\n");
     assert!(h.get("www-authenticate").is_none());
-    assert!(!body.contains("backend"), "{body}");
     assert!(
         nginx
             .error_log()
@@ -271,10 +284,16 @@ async fn an_undecidable_token_or_a_gate_that_is_down_is_a_500_never_the_backend(
         "{}",
         nginx.error_log()
     );
-    // Meanwhile a token the gate has decided before still gets in.
+    // Meanwhile a token the gate has decided before still gets in, and the backend's
+    // own 500 is not mistaken for the gate's.
     assert_eq!(nginx.get("/", Some(&cached), &[]).await.0, StatusCode::OK);
+    let (status, _, body) = nginx.get("/fails", Some(&cached), &[]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "backend failed\n")
+    );
 
-    // The gate is gone: nginx cannot connect (502 inside), and answers 500.
+    // The gate is gone: nginx cannot connect (a 502 inside), and answers 503 the same.
     let url = gate.url.clone();
     drop(gate);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -284,7 +303,7 @@ async fn an_undecidable_token_or_a_gate_that_is_down_is_a_500_never_the_backend(
     }
     for token in [&cached, &fresh] {
         let (status, _, body) = nginx.get("/", Some(token), &[]).await;
-        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert!(!body.contains("backend"), "{body}");
     }
     assert!(
