@@ -6,6 +6,7 @@ mod abuse;
 mod cli;
 mod clients;
 mod deploy;
+mod faults;
 mod gate;
 mod ingress;
 mod lifecycle;
