@@ -29,6 +29,8 @@ use crate::upstream::{Upstream, UpstreamError};
 pub const UNKNOWN_KID_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a key set is kept when its source names no `max-age`, and the longest any is.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
+/// Where the API server serves its service-account signing keys.
+pub const API_SERVER_JWKS_PATH: &str = "/openid/v1/jwks";
 /// The shortest periodic refresh interval, whatever `max-age` says.
 const MIN_MAX_AGE: Duration = Duration::from_secs(60);
 
@@ -473,25 +475,25 @@ impl Keys {
     async fn fetch(&self) -> Result<(KeySet, Duration), KeysError> {
         match &self.source {
             KeySource::Discovery => {
+                // The discovery document says who the issuer is and where it publishes its
+                // keys; the API server serves the same keys itself at /openid/v1/jwks,
+                // whatever jwks_uri it advertises (on EKS or GKE an external OIDC host the
+                // gate may have no route or trust to). So the keys come from the API server,
+                // over the connection and credential already trusted for TokenReviews.
                 let (doc, _) = self
                     .upstream
                     .get("/.well-known/openid-configuration")
                     .await?;
                 #[derive(serde::Deserialize)]
                 struct Discovery {
+                    issuer: String,
                     jwks_uri: String,
                 }
                 let doc: Discovery = serde_json::from_slice(&doc).map_err(|e| {
-                    KeysError::Invalid(format!(
-                        "the OIDC discovery document names no jwks_uri: {e}"
-                    ))
+                    KeysError::Invalid(format!("the OIDC discovery document is not usable: {e}"))
                 })?;
-                // The API server publishes its JWKS at this path, whatever external host
-                // the document names (which the gate may not reach).
-                let path = url::Url::parse(&doc.jwks_uri)
-                    .map(|u| u.path().to_string())
-                    .unwrap_or_else(|_| "/openid/v1/jwks".into());
-                let (jwks, max_age) = self.upstream.get(&path).await?;
+                tracing::debug!(issuer = %doc.issuer, jwks_uri = %doc.jwks_uri, "OIDC discovery");
+                let (jwks, max_age) = self.upstream.get(API_SERVER_JWKS_PATH).await?;
                 let max_age = max_age
                     .unwrap_or(DEFAULT_MAX_AGE)
                     .clamp(MIN_MAX_AGE, DEFAULT_MAX_AGE);
