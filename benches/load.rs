@@ -610,11 +610,7 @@ fn measure_memory(cfg: &tokengate::config::Cache, n: usize) -> Memory {
         token.clear();
         let _ = write!(token, "bench-token-{i:08}");
         let key = cache.key(&token, &audiences, Purpose::Review);
-        let fetched = Fetched {
-            verdict,
-            expires_at: now + ttl,
-            ttl,
-        };
+        let fetched = Fetched::new(verdict, now + ttl, ttl);
         cache.insert(key, &fetched);
     }
     let (held, _) = cache.len();

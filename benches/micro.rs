@@ -122,11 +122,7 @@ fn cache_benches(c: &mut Criterion) {
 
 fn fetched(verdict: Arc<Verdict>, now: SystemTime) -> Fetched {
     let ttl = Duration::from_secs(600);
-    Fetched {
-        verdict,
-        expires_at: now + ttl,
-        ttl,
-    }
+    Fetched::new(verdict, now + ttl, ttl)
 }
 
 fn response_benches(c: &mut Criterion) {

@@ -15,8 +15,9 @@
 //! and being synchronous they can run under the in-flight lock, which closes the window
 //! between "not cached" and "nobody is fetching it".
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -75,6 +76,26 @@ pub struct Fetched {
     pub expires_at: SystemTime,
     /// The same as a duration from now (zero: do not cache).
     pub ttl: Duration,
+    /// The objects whose deletion revokes it (`pod:UID`, `serviceaccount:UID`,
+    /// `secret:NS/NAME`): the revocation watch evicts it when one goes.
+    pub depends_on: Vec<String>,
+    /// For a verdict kept past `max_ttl` because the revocation watch is healthy: when
+    /// `max_ttl` would have ended it. Whenever the watch is not healthy, that deadline is
+    /// in force again.
+    pub capped_at: Option<SystemTime>,
+}
+
+impl Fetched {
+    /// A verdict kept `ttl` (until `expires_at`), tied to nothing the watch follows.
+    pub fn new(verdict: Arc<Verdict>, expires_at: SystemTime, ttl: Duration) -> Fetched {
+        Fetched {
+            verdict,
+            expires_at,
+            ttl,
+            depends_on: Vec::new(),
+            capped_at: None,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -82,7 +103,12 @@ struct Entry {
     verdict: Arc<Verdict>,
     expires_at: SystemTime,
     ttl: Duration,
+    capped_at: Option<SystemTime>,
+    depends_on: Arc<[String]>,
 }
+
+/// Which cached verdicts depend on which object.
+type Dependents = Arc<Mutex<HashMap<String, HashSet<Key>>>>;
 
 struct EntryExpiry;
 
@@ -110,6 +136,11 @@ pub struct VerdictCache {
     positive: moka::sync::Cache<Key, Entry>,
     negative: moka::sync::Cache<Key, Entry>,
     in_flight: Mutex<HashMap<Key, Pending>>,
+    dependents: Dependents,
+    /// Whether the revocation watch is healthy (set by `revocation`).
+    watch_healthy: AtomicBool,
+    /// Counts revocations, so a fetch can tell one happened while it waited.
+    revocations: AtomicU64,
 }
 
 impl VerdictCache {
@@ -123,15 +154,34 @@ impl VerdictCache {
         let rng = ring::rand::SystemRandom::new();
         let hmac_key =
             hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("the OS random source works");
+        let dependents = Dependents::default();
         let build = |capacity: u64, kind: CacheKind| {
             let metrics = Arc::clone(&metrics);
+            let dependents = Arc::clone(&dependents);
             moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(EntryExpiry)
-                .eviction_listener(move |_, _, cause| match cause {
-                    RemovalCause::Expired => metrics.cache_eviction(kind, EvictionCause::Expired),
-                    RemovalCause::Size => metrics.cache_eviction(kind, EvictionCause::Size),
-                    RemovalCause::Explicit | RemovalCause::Replaced => {}
+                .eviction_listener(move |key: Arc<Key>, entry: Entry, cause| {
+                    match cause {
+                        RemovalCause::Expired => {
+                            metrics.cache_eviction(kind, EvictionCause::Expired)
+                        }
+                        RemovalCause::Size => metrics.cache_eviction(kind, EvictionCause::Size),
+                        RemovalCause::Explicit | RemovalCause::Replaced => {}
+                    }
+                    // A replaced entry's key is tracked again by its successor.
+                    if cause != RemovalCause::Replaced && !entry.depends_on.is_empty() {
+                        let mut dependents =
+                            dependents.lock().unwrap_or_else(PoisonError::into_inner);
+                        for dependency in entry.depends_on.iter() {
+                            if let Some(keys) = dependents.get_mut(dependency) {
+                                keys.remove(&*key);
+                                if keys.is_empty() {
+                                    dependents.remove(dependency);
+                                }
+                            }
+                        }
+                    }
                 })
                 .build()
         };
@@ -140,6 +190,9 @@ impl VerdictCache {
             positive: build(cfg.max_entries, CacheKind::Positive),
             negative: build(cfg.negative_max_entries, CacheKind::Negative),
             in_flight: Mutex::new(HashMap::new()),
+            dependents,
+            watch_healthy: AtomicBool::new(false),
+            revocations: AtomicU64::new(0),
         }
     }
 
@@ -162,7 +215,16 @@ impl VerdictCache {
     /// The cached verdict for `key`, if there is one that is still valid at `now`.
     pub fn get(&self, key: &Key, now: SystemTime) -> Option<Arc<Verdict>> {
         let entry = self.positive.get(key).or_else(|| self.negative.get(key))?;
-        (now < entry.expires_at).then_some(entry.verdict)
+        if now >= entry.expires_at {
+            return None;
+        }
+        if let Some(cap) = entry.capped_at
+            && now >= cap
+            && !self.watch_healthy.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        Some(entry.verdict)
     }
 
     /// Stores a fetched verdict (nothing when its ttl is zero).
@@ -174,7 +236,21 @@ impl VerdictCache {
             verdict: fetched.verdict.clone(),
             expires_at: fetched.expires_at,
             ttl: fetched.ttl,
+            capped_at: fetched.capped_at,
+            depends_on: fetched.depends_on.clone().into(),
         };
+        if !fetched.depends_on.is_empty() {
+            let mut dependents = self
+                .dependents
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for dependency in &fetched.depends_on {
+                dependents
+                    .entry(dependency.clone())
+                    .or_default()
+                    .insert(key);
+            }
+        }
         if fetched.verdict.authenticated {
             self.negative.invalidate(&key);
             self.positive.insert(key, entry);
@@ -189,6 +265,46 @@ impl VerdictCache {
         self.positive.run_pending_tasks();
         self.negative.run_pending_tasks();
         (self.positive.entry_count(), self.negative.entry_count())
+    }
+
+    /// Evicts every verdict that depends on `dependency` (an object that was deleted);
+    /// returns how many.
+    pub fn revoke(&self, dependency: &str) -> usize {
+        self.revocations.fetch_add(1, Ordering::SeqCst);
+        let keys = self
+            .dependents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(dependency)
+            .unwrap_or_default();
+        for key in &keys {
+            self.positive.invalidate(key);
+        }
+        keys.len()
+    }
+
+    /// The dependencies cached verdicts have that start with `prefix` (`pod:`…).
+    pub fn dependencies(&self, prefix: &str) -> Vec<String> {
+        let dependents = self
+            .dependents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        dependents
+            .keys()
+            .filter(|d| d.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Tells the cache whether the revocation watch is healthy: while it is not,
+    /// verdicts kept past `max_ttl` on its account are not served past it.
+    pub fn set_watch_healthy(&self, healthy: bool) {
+        self.watch_healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Whether the revocation watch is healthy.
+    pub fn is_watch_healthy(&self) -> bool {
+        self.watch_healthy.load(Ordering::Relaxed)
     }
 
     /// Drops every verdict (a policy change makes them stale).
@@ -240,8 +356,14 @@ impl VerdictCache {
         let task = tokio::spawn(async move {
             // Removes the in-flight entry however the task ends, panics included.
             let _done = InFlightGuard { cache: &cache, key };
+            let revocations = cache.revocations.load(Ordering::SeqCst);
             let fetched = fetch.await?;
-            cache.insert(key, &fetched);
+            // An object may have been deleted while the API server answered: such a
+            // verdict is passed on but not kept, lest it outlive the object.
+            let revoked_meanwhile = cache.revocations.load(Ordering::SeqCst) != revocations;
+            if !revoked_meanwhile || fetched.depends_on.is_empty() {
+                cache.insert(key, &fetched);
+            }
             Ok(fetched.verdict)
         });
         task.map(|joined| {
@@ -287,14 +409,14 @@ mod tests {
     }
 
     fn fetched(authenticated: bool, ttl: u64, now: SystemTime) -> Fetched {
-        Fetched {
-            verdict: Arc::new(Verdict {
+        Fetched::new(
+            Arc::new(Verdict {
                 authenticated,
                 ..Verdict::default()
             }),
-            expires_at: now + Duration::from_secs(ttl),
-            ttl: Duration::from_secs(ttl),
-        }
+            now + Duration::from_secs(ttl),
+            Duration::from_secs(ttl),
+        )
     }
 
     fn aud(a: &str) -> Vec<String> {
@@ -424,5 +546,80 @@ mod tests {
             .await;
         assert!(!out.unwrap().authenticated);
         assert!(cache.get(&key, now).is_some());
+    }
+
+    fn tracked(ttl: u64, now: SystemTime, deps: &[&str], capped_after: Option<u64>) -> Fetched {
+        let mut f = fetched(true, ttl, now);
+        f.depends_on = deps.iter().map(|d| d.to_string()).collect();
+        f.capped_at = capped_after.map(|s| now + Duration::from_secs(s));
+        f
+    }
+
+    #[test]
+    fn revoking_an_object_evicts_exactly_the_verdicts_that_depend_on_it() {
+        let cache = VerdictCache::new(&cfg(100, 10));
+        let now = SystemTime::now();
+        let (a, b, c) = (
+            cache.key("a", &aud("vault"), Purpose::Review),
+            cache.key("b", &aud("vault"), Purpose::Review),
+            cache.key("c", &aud("vault"), Purpose::Review),
+        );
+        cache.insert(
+            a,
+            &tracked(600, now, &["pod:p1", "serviceaccount:s1"], None),
+        );
+        cache.insert(
+            b,
+            &tracked(600, now, &["pod:p2", "serviceaccount:s1"], None),
+        );
+        cache.insert(c, &tracked(600, now, &[], None));
+        let mut pods = cache.dependencies("pod:");
+        pods.sort();
+        assert_eq!(pods, ["pod:p1", "pod:p2"]);
+        assert_eq!(cache.revoke("pod:p1"), 1);
+        assert!(cache.get(&a, now).is_none());
+        assert!(cache.get(&b, now).is_some() && cache.get(&c, now).is_some());
+        assert_eq!(cache.revoke("serviceaccount:s1"), 1, "a is gone already");
+        assert!(cache.get(&b, now).is_none());
+        assert_eq!(cache.revoke("pod:nobody"), 0);
+    }
+
+    #[test]
+    fn a_verdict_kept_past_max_ttl_falls_back_to_it_while_the_watch_is_unhealthy() {
+        let cache = VerdictCache::new(&cfg(10, 10));
+        let now = SystemTime::now();
+        let key = cache.key("t", &aud("vault"), Purpose::Review);
+        cache.insert(key, &tracked(3600, now, &["pod:p"], Some(120)));
+        let later = now + Duration::from_secs(600);
+        cache.set_watch_healthy(true);
+        assert!(cache.get(&key, later).is_some());
+        cache.set_watch_healthy(false);
+        assert!(cache.get(&key, later).is_none());
+        assert!(cache.get(&key, now + Duration::from_secs(60)).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_verdict_fetched_while_a_revocation_happened_is_passed_on_but_not_kept() {
+        let cache = Arc::new(VerdictCache::new(&cfg(10, 10)));
+        let now = SystemTime::now();
+        let key = cache.key("t", &aud("vault"), Purpose::Review);
+        let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+        let fetch = async move {
+            let _ = answered.await;
+            Ok(tracked(600, now, &["pod:p"], None))
+        };
+        let pending = tokio::spawn({
+            let cache = Arc::clone(&cache);
+            async move { cache.get_or_fetch(key, now, fetch).await }
+        });
+        tokio::task::yield_now().await;
+        // The delete event arrives while the API server's answer is on its way.
+        while cache.in_flight.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        cache.revoke("pod:p");
+        answer.send(()).unwrap();
+        assert!(pending.await.unwrap().unwrap().authenticated);
+        assert!(cache.get(&key, now).is_none());
     }
 }

@@ -42,6 +42,8 @@ pub struct Config {
     pub access: Access,
     /// Who `/auth` lets through.
     pub auth: AuthPolicy,
+    /// The revocation watch (`[revocation]`).
+    pub revocation: Revocation,
     /// Local signature checks; off when `None` (`verify.jwks = "off"`).
     pub verify: Option<Verify>,
     /// HTTPS for the listener; plain HTTP when absent.
@@ -60,6 +62,15 @@ pub struct AuthPolicy {
     pub groups: BTreeSet<String>,
     /// Namespaces whose service accounts are allowed.
     pub namespaces: BTreeSet<String>,
+}
+
+/// The revocation watch (`[revocation]`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Revocation {
+    /// Watch pods, service accounts and Secrets and evict the verdicts that depend on a
+    /// deleted one; while the watch is healthy, verdicts live until the token's `exp`.
+    /// Default false: it needs `list`/`watch` on those resources (see deploy/).
+    pub watch: bool,
 }
 
 /// Local signature checks (`[verify]`).
@@ -414,6 +425,13 @@ struct Raw {
     auth: RawAuth,
     tls: Option<RawTls>,
     verify: RawVerify,
+    revocation: RawRevocation,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawRevocation {
+    watch: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -755,6 +773,9 @@ impl Raw {
             access,
             auth,
             verify,
+            revocation: Revocation {
+                watch: self.revocation.watch.unwrap_or(false),
+            },
             tls,
             warnings,
         })

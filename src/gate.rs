@@ -21,6 +21,7 @@ use crate::config::{AuthPolicy, Config, KeySource};
 use crate::keys::{Keys, KeysError};
 use crate::metrics::Metrics;
 use crate::review::{Clock, Reviewer, SystemClock};
+use crate::revocation::{self, Watch};
 use crate::{http, tls, upstream};
 
 /// What the handlers share.
@@ -31,10 +32,12 @@ pub struct AppState {
     auth: RwLock<Arc<AuthPolicy>>,
     config: RwLock<Arc<Config>>,
     draining: AtomicBool,
+    /// The revocation watch, when it runs.
+    pub revocation: Option<Arc<Watch>>,
 }
 
 impl AppState {
-    fn new(config: &Config, reviewer: Arc<Reviewer>) -> AppState {
+    fn new(config: &Config, reviewer: Arc<Reviewer>, revocation: Option<Arc<Watch>>) -> AppState {
         let access = CallerAccess::new(config.access.clone(), Arc::clone(reviewer.upstream()));
         AppState {
             reviewer,
@@ -42,6 +45,7 @@ impl AppState {
             auth: RwLock::new(Arc::new(config.auth.clone())),
             config: RwLock::new(Arc::new(config.clone())),
             draining: AtomicBool::new(false),
+            revocation,
         }
     }
 
@@ -112,6 +116,8 @@ pub struct Gate {
     pub shutdown: crate::config::Shutdown,
     /// The listener's limits.
     pub limits: crate::config::Limits,
+    /// The revocation watch's client, when it runs.
+    pub revocation_client: Option<kube::Client>,
 }
 
 /// Why the gate could not be built from its configuration.
@@ -123,6 +129,9 @@ pub enum BuildError {
     /// The listener's certificate or key could not be loaded.
     #[error("cannot load the [tls] certificate and key")]
     Tls(#[from] tls::TlsError),
+    /// The revocation watch's client could not be set up.
+    #[error("cannot set up the revocation watch's API-server client: {0}")]
+    Revocation(String),
     /// The `[verify]` key files could not be loaded.
     #[error("cannot load the [verify] keys")]
     Keys(#[from] KeysError),
@@ -151,16 +160,32 @@ pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<
             Some(Arc::new(keys))
         }
     };
-    let reviewer = Arc::new(Reviewer::new(config, upstream, keys, clock, metrics));
+    let reviewer = Arc::new(Reviewer::new(
+        config,
+        upstream,
+        keys,
+        clock,
+        Arc::clone(&metrics),
+    ));
+    let (revocation, revocation_client) = if config.revocation.watch {
+        let client = revocation::client(&config.upstream)
+            .await
+            .map_err(BuildError::Revocation)?;
+        let watch = Watch::new(Arc::clone(reviewer.cache()), metrics);
+        (Some(Arc::new(watch)), Some(client))
+    } else {
+        (None, None)
+    };
     let tls = match &config.tls {
         Some(t) => Some(tls::server_config(&t.cert_file, &t.key_file)?),
         None => None,
     };
     Ok(Gate {
-        state: Arc::new(AppState::new(config, reviewer)),
+        state: Arc::new(AppState::new(config, reviewer, revocation)),
         tls,
         shutdown: config.shutdown,
         limits: config.limits,
+        revocation_client,
     })
 }
 
@@ -178,7 +203,12 @@ pub async fn run(
         tls,
         shutdown: timing,
         limits,
+        revocation_client,
     } = gate;
+    let revocation = match (&state.revocation, revocation_client) {
+        (Some(watch), Some(client)) => Some(tokio::spawn(Arc::clone(watch).run(client))),
+        _ => None,
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let probe = tokio::spawn({
         let reviewer = Arc::clone(&state.reviewer);
@@ -219,7 +249,7 @@ pub async fn run(
         }
     };
     probe.abort();
-    if let Some(task) = key_refresh {
+    for task in [key_refresh, revocation].into_iter().flatten() {
         task.abort();
     }
     result

@@ -219,7 +219,12 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             "not ready: the service-account issuer's keys are not loaded ({why})\n"
         ));
     }
-    "ok\n".into_response()
+    // A lagging revocation watch does not make the gate unready (verdicts fall back to
+    // the max_ttl cap), but it is said here.
+    match state.revocation.as_ref().and_then(|w| w.problem()) {
+        Some(problem) => format!("ok\n{problem}\n").into_response(),
+        None => "ok\n".into_response(),
+    }
 }
 
 /// A TokenReview as callers send it: either API version, `kind` checked by hand.

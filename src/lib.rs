@@ -27,6 +27,7 @@ pub mod keys;
 pub mod metrics;
 pub mod reload;
 pub mod review;
+pub mod revocation;
 pub mod sim;
 pub mod tls;
 pub mod token;

@@ -210,6 +210,8 @@ pub struct Metrics {
     upstream_in_flight: Gauge,
     shed: Counter,
     credential_reloads: Family<ReloadLabels, Counter>,
+    revocation_evictions: Counter,
+    revocation_watch_healthy: Gauge,
 }
 
 impl Default for Metrics {
@@ -286,8 +288,22 @@ impl Metrics {
             "Re-reads of the reviewer token file",
             credential_reloads.clone(),
         );
+        let revocation_evictions = Counter::default();
+        registry.register(
+            "revocation_evictions",
+            "Cached verdicts evicted because the pod, service account or Secret they depend on was deleted",
+            revocation_evictions.clone(),
+        );
+        let revocation_watch_healthy = Gauge::default();
+        registry.register(
+            "revocation_watch_healthy",
+            "1 while the revocation watch is listed and current (verdicts may live until exp), else 0 (capped at max_ttl)",
+            revocation_watch_healthy.clone(),
+        );
         Metrics {
             registry,
+            revocation_evictions,
+            revocation_watch_healthy,
             requests,
             decisions,
             local_rejections,
@@ -361,6 +377,16 @@ impl Metrics {
         self.credential_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
+    }
+
+    /// Counts verdicts evicted by the revocation watch.
+    pub fn revocation_evictions(&self, evicted: usize) {
+        self.revocation_evictions.inc_by(evicted as u64);
+    }
+
+    /// Sets whether the revocation watch is healthy.
+    pub fn revocation_watch_healthy(&self, healthy: bool) {
+        self.revocation_watch_healthy.set(i64::from(healthy));
     }
 
     /// The metrics in the OpenMetrics text format (which Prometheus scrapes).

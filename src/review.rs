@@ -142,6 +142,8 @@ pub struct Reviewer {
     cache: Arc<VerdictCache>,
     upstream: Arc<Upstream>,
     keys: Option<Arc<Keys>>,
+    /// Whether the revocation watch runs (so verdicts record what they depend on).
+    revocation_watch: bool,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 }
@@ -208,6 +210,7 @@ impl Reviewer {
             )),
             upstream,
             keys,
+            revocation_watch: config.revocation.watch,
             clock,
             metrics,
         }
@@ -236,14 +239,8 @@ impl Reviewer {
         tracing::debug!(fingerprint = %fingerprint(&key), reason = %verdict.error, "token rejected locally");
         let verdict = Arc::new(verdict);
         if let Some((now, ttl)) = keep {
-            self.cache.insert(
-                key,
-                &Fetched {
-                    verdict: Arc::clone(&verdict),
-                    expires_at: now + ttl,
-                    ttl,
-                },
-            );
+            self.cache
+                .insert(key, &Fetched::new(Arc::clone(&verdict), now + ttl, ttl));
         }
         Decision {
             verdict,
@@ -278,7 +275,7 @@ impl Reviewer {
     }
 
     /// The verdict cache.
-    pub fn cache(&self) -> &VerdictCache {
+    pub fn cache(&self) -> &Arc<VerdictCache> {
         &self.cache
     }
 
@@ -359,28 +356,27 @@ impl Reviewer {
         let offline = (settings.policy.on_upstream_unavailable == OnUnavailable::VerifyOffline)
             .then(|| offline_verdict(&expectation))
             .flatten();
+        let miss = Miss {
+            token: token.to_owned(),
+            audiences: audiences.to_vec(),
+            api_audiences: settings.policy.api_audiences.clone(),
+            lifetimes: settings.lifetimes,
+            expectation,
+        };
+        let watched = self.revocation_watch.then(|| Arc::clone(&self.cache));
         let fetch = fetch(
             Arc::clone(&self.upstream),
             Arc::clone(&self.clock),
-            token.to_owned(),
-            audiences.to_vec(),
-            settings.policy.api_audiences.clone(),
-            settings.lifetimes,
-            expectation,
+            watched,
+            miss,
         );
         let verdict = match self.cache.get_or_fetch(key, now, fetch).await {
             Ok(verdict) => verdict,
             Err(e) if e.is_unavailability() && offline.is_some() => {
                 let verdict = Arc::new(offline.expect("checked above"));
                 let ttl = settings.policy.offline_ttl;
-                self.cache.insert(
-                    key,
-                    &Fetched {
-                        verdict: Arc::clone(&verdict),
-                        expires_at: now + ttl,
-                        ttl,
-                    },
-                );
+                self.cache
+                    .insert(key, &Fetched::new(Arc::clone(&verdict), now + ttl, ttl));
                 self.metrics.decision(Source::Offline);
                 tracing::warn!(fingerprint = %fingerprint(&key), error = %e, "the API server cannot be reached: token answered from its verified claims");
                 return Ok(Decision {
@@ -490,16 +486,31 @@ pub fn lifetime(
     }
 }
 
-/// The upstream half of a miss, as a `'static` future for the cache to run once.
-async fn fetch(
-    upstream: Arc<Upstream>,
-    clock: Arc<dyn Clock>,
+/// What a miss needs to ask the API server and judge its answer.
+struct Miss {
     token: String,
     audiences: Vec<String>,
     api_audiences: Vec<String>,
     lifetimes: Lifetimes,
     expectation: Expectation,
+}
+
+/// The upstream half of a miss, as a `'static` future for the cache to run once.
+/// `watched` is the cache when the revocation watch runs (its health decides whether a
+/// verdict may outlive `max_ttl`).
+async fn fetch(
+    upstream: Arc<Upstream>,
+    clock: Arc<dyn Clock>,
+    watched: Option<Arc<VerdictCache>>,
+    miss: Miss,
 ) -> Result<Fetched, UpstreamError> {
+    let Miss {
+        token,
+        audiences,
+        api_audiences,
+        lifetimes,
+        expectation,
+    } = miss;
     let status = upstream.review(&token, &audiences).await.inspect_err(|e| {
         tracing::warn!(error = %e, "TokenReview to the API server failed");
     })?;
@@ -507,18 +518,72 @@ async fn fetch(
         tracing::warn!(error = %e, "the API server's TokenReview answer was refused");
     })?;
     let now = clock.now();
+    let e = &expectation;
     let ttl = lifetime(
         verdict.authenticated,
-        expectation.expires_at,
-        expectation.legacy,
+        e.expires_at,
+        e.legacy,
         now,
         lifetimes,
     );
-    Ok(Fetched {
-        verdict: Arc::new(verdict),
-        expires_at: now + ttl,
-        ttl,
-    })
+    let mut fetched = Fetched::new(Arc::new(verdict), now + ttl, ttl);
+    let Some(cache) = watched else {
+        return Ok(fetched);
+    };
+    fetched.depends_on = dependencies(&fetched.verdict, e);
+    // With the watch healthy, a verdict it can revoke lives until the token's exp: the
+    // watch, not max_ttl, bounds how long a deleted object's token stays valid here.
+    let until_exp = Lifetimes {
+        max_ttl: Duration::MAX,
+        ..lifetimes
+    };
+    let extended = lifetime(
+        fetched.verdict.authenticated,
+        e.expires_at,
+        e.legacy,
+        now,
+        until_exp,
+    );
+    if cache.is_watch_healthy() && !fetched.depends_on.is_empty() && !e.legacy && extended > ttl {
+        fetched.capped_at = Some(fetched.expires_at);
+        fetched.expires_at = now + extended;
+        fetched.ttl = extended;
+    }
+    Ok(fetched)
+}
+
+/// The objects a verdict stands on, as the revocation watch names them: the service
+/// account and the bound pod the API server's answer names (no token is parsed again),
+/// and a legacy token's Secret.
+fn dependencies(verdict: &Verdict, e: &Expectation) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(user) = verdict.user.as_ref().filter(|_| verdict.authenticated) else {
+        return out;
+    };
+    let is_service_account = user
+        .username
+        .as_deref()
+        .is_some_and(|u| u.starts_with("system:serviceaccount:"));
+    if let Some(uid) = user
+        .uid
+        .as_deref()
+        .filter(|u| is_service_account && !u.is_empty())
+    {
+        out.push(format!("serviceaccount:{uid}"));
+    }
+    if let Some(pods) = user
+        .extra
+        .as_ref()
+        .and_then(|x| x.get("authentication.kubernetes.io/pod-uid"))
+    {
+        out.extend(pods.iter().map(|uid| format!("pod:{uid}")));
+    }
+    if let Some((t, _)) = e.token.as_ref().filter(|_| e.legacy)
+        && let Some(secret) = &t.claims.secret
+    {
+        out.push(format!("secret:{}/{}", t.claims.namespace, secret.name));
+    }
+    out
 }
 
 /// Believes an upstream answer only when it is an answer to this review: a "yes" for a

@@ -1,0 +1,324 @@
+//! The revocation watch: evict cached verdicts the moment the object a token is bound
+//! to is deleted.
+//!
+//! Responsible for: list+watch of Pods, ServiceAccounts and Secrets through the API
+//! server (kube's metadata-only watcher: resumable, bookmarks, re-list after `410 Gone`;
+//! only metadata crosses, so Secret contents never reach the gate); on a deletion (or a
+//! `deletionTimestamp` set) evicting every verdict that depends on the object's UID
+//! (pods, service accounts) or name (Secrets of legacy tokens); after every re-list
+//! evicting the verdicts whose object did not come back (a deletion missed while the
+//! watch was down); and keeping the cache told whether the watch is healthy. Healthy
+//! means: every resource listed, and none disconnected for longer than
+//! [`STALE_AFTER`] without a re-list. While it is not, verdicts are not served past
+//! `max_ttl`.
+//!
+//! Not responsible for: what depends on what (the cache records it at insert).
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+
+use crate::cache::VerdictCache;
+use crate::config::{self, UpstreamSource};
+use crate::metrics::Metrics;
+
+/// How long a watch may be disconnected before verdicts fall back to the `max_ttl` cap
+/// until it has re-listed.
+pub const STALE_AFTER: Duration = Duration::from_secs(30);
+
+/// The watched resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    Pods,
+    ServiceAccounts,
+    Secrets,
+}
+
+impl Watched {
+    const ALL: [Watched; 3] = [Watched::Pods, Watched::ServiceAccounts, Watched::Secrets];
+
+    fn name(self) -> &'static str {
+        match self {
+            Watched::Pods => "pods",
+            Watched::ServiceAccounts => "serviceaccounts",
+            Watched::Secrets => "secrets",
+        }
+    }
+
+    /// The prefix of the dependencies it revokes (see `cache::Fetched::depends_on`).
+    fn prefix(self) -> &'static str {
+        match self {
+            Watched::Pods => "pod:",
+            Watched::ServiceAccounts => "serviceaccount:",
+            Watched::Secrets => "secret:",
+        }
+    }
+
+    /// The dependency an object of this resource stands for.
+    fn dependency<K: Resource>(self, object: &PartialObjectMeta<K>) -> Option<String> {
+        let meta = &object.metadata;
+        match self {
+            Watched::Pods | Watched::ServiceAccounts => meta
+                .uid
+                .as_ref()
+                .map(|uid| format!("{}{uid}", self.prefix())),
+            Watched::Secrets => Some(format!(
+                "secret:{}/{}",
+                meta.namespace.as_deref()?,
+                meta.name.as_deref()?
+            )),
+        }
+    }
+}
+
+/// Each watch's state, for the health verdict.
+#[derive(Debug, Default, Clone, Copy)]
+struct WatchState {
+    listed: bool,
+    broken_since: Option<Instant>,
+    needs_relist: bool,
+}
+
+impl WatchState {
+    fn healthy(&self, now: Instant) -> bool {
+        self.listed && !self.needs_relist && self.broken_since.is_none_or(|t| now - t < STALE_AFTER)
+    }
+}
+
+/// The running watch. Cheap to share.
+pub struct Watch {
+    cache: Arc<VerdictCache>,
+    metrics: Arc<Metrics>,
+    states: Mutex<[WatchState; 3]>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Watch {
+    /// A watch that will evict from `cache`.
+    pub fn new(cache: Arc<VerdictCache>, metrics: Arc<Metrics>) -> Watch {
+        Watch {
+            cache,
+            metrics,
+            states: Mutex::new([WatchState::default(); 3]),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// Whether every resource is listed and being watched (see the module docs).
+    pub fn is_healthy(&self) -> bool {
+        let now = Instant::now();
+        self.states().iter().all(|s| s.healthy(now))
+    }
+
+    /// Why the watch is not healthy, for `/readyz` detail.
+    pub fn problem(&self) -> Option<String> {
+        if self.is_healthy() {
+            return None;
+        }
+        let now = Instant::now();
+        let states = self.states();
+        let lagging: Vec<&str> = Watched::ALL
+            .iter()
+            .zip(states.iter())
+            .filter(|(_, s)| !s.healthy(now))
+            .map(|(w, _)| w.name())
+            .collect();
+        let error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Some(format!(
+            "revocation watch of {} not healthy ({}): verdicts are capped at cache.max_ttl",
+            lagging.join(", "),
+            error.unwrap_or_else(|| "not listed yet".into())
+        ))
+    }
+
+    fn states(&self) -> [WatchState; 3] {
+        *self.states.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update(&self, which: Watched, change: impl FnOnce(&mut WatchState)) {
+        let mut states = self.states.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = Watched::ALL
+            .iter()
+            .position(|w| *w == which)
+            .expect("a watched resource");
+        change(&mut states[i]);
+        drop(states);
+        self.publish();
+    }
+
+    /// Tells the cache and the metrics the current health.
+    fn publish(&self) {
+        let healthy = self.is_healthy();
+        self.cache.set_watch_healthy(healthy);
+        self.metrics.revocation_watch_healthy(healthy);
+    }
+
+    fn revoke(&self, dependency: &str, why: &str) {
+        let evicted = self.cache.revoke(dependency);
+        if evicted > 0 {
+            self.metrics.revocation_evictions(evicted);
+            tracing::info!(%dependency, evicted, why, "verdicts revoked");
+        }
+    }
+
+    /// Runs the three watches until the task is aborted; `client` reaches the API server.
+    pub async fn run(self: Arc<Self>, client: Client) {
+        let pods = Api::<PartialObjectMeta<Pod>>::all(client.clone());
+        let accounts = Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone());
+        let secrets = Api::<PartialObjectMeta<Secret>>::all(client);
+        // Health decays with time (a broken watch turns stale after STALE_AFTER), so it
+        // is published on a tick as well as on every event.
+        let tick = {
+            let watch = Arc::clone(&self);
+            async move {
+                let mut interval = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    interval.tick().await;
+                    watch.publish();
+                }
+            }
+        };
+        tokio::join!(
+            Arc::clone(&self).follow(pods, Watched::Pods),
+            Arc::clone(&self).follow(accounts, Watched::ServiceAccounts),
+            Arc::clone(&self).follow(secrets, Watched::Secrets),
+            tick,
+        );
+    }
+
+    async fn follow<K>(self: Arc<Self>, api: Api<PartialObjectMeta<K>>, which: Watched)
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        PartialObjectMeta<K>: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        // Metadata only: Secret contents never reach the gate.
+        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        futures::pin_mut!(stream);
+        let mut listed: HashSet<String> = HashSet::new();
+        let mut reported = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Init) => listed.clear(),
+                Ok(Event::InitApply(object)) => {
+                    if object.metadata.deletion_timestamp.is_some() {
+                        if let Some(d) = which.dependency(&object) {
+                            self.revoke(&d, "being deleted");
+                        }
+                    } else if let Some(d) = which.dependency(&object) {
+                        listed.insert(d);
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    // Whatever a verdict depends on that the list did not show was deleted
+                    // while the watch was not looking.
+                    for dependency in self.cache.dependencies(which.prefix()) {
+                        if !listed.contains(&dependency) {
+                            self.revoke(&dependency, "gone at re-list");
+                        }
+                    }
+                    listed.clear();
+                    reported = false;
+                    self.update(which, |s| {
+                        *s = WatchState {
+                            listed: true,
+                            ..WatchState::default()
+                        }
+                    });
+                    tracing::info!(resource = which.name(), "revocation watch listed");
+                }
+                Ok(Event::Apply(object)) => {
+                    if object.metadata.deletion_timestamp.is_some()
+                        && let Some(d) = which.dependency(&object)
+                    {
+                        self.revoke(&d, "being deleted");
+                    }
+                    self.seen(which);
+                }
+                Ok(Event::Delete(object)) => {
+                    if let Some(d) = which.dependency(&object) {
+                        self.revoke(&d, "deleted");
+                    }
+                    self.seen(which);
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    if !reported {
+                        // Once per outage: the backoff retries quietly.
+                        tracing::error!(resource = which.name(), error = %message, "revocation watch failed; verdicts are capped at cache.max_ttl until it recovers (it needs list and watch on pods, serviceaccounts and secrets)");
+                        reported = true;
+                    } else {
+                        tracing::debug!(resource = which.name(), error = %message, "revocation watch still failing");
+                    }
+                    *self
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(message);
+                    self.update(which, |s| {
+                        s.broken_since.get_or_insert_with(Instant::now);
+                    });
+                }
+            }
+        }
+    }
+
+    /// An event arrived: a short break is over; a long one still needs a re-list.
+    fn seen(&self, which: Watched) {
+        self.update(which, |s| {
+            if let Some(since) = s.broken_since.take()
+                && since.elapsed() >= STALE_AFTER
+            {
+                s.needs_relist = true;
+            }
+        });
+    }
+}
+
+/// A kube client for the configured API server and reviewer credential.
+pub async fn client(cfg: &config::Upstream) -> Result<Client, String> {
+    let config = match &cfg.source {
+        UpstreamSource::Direct {
+            url,
+            ca_file,
+            token_file,
+        } => {
+            let uri = url.as_str().parse().map_err(|e| format!("{url}: {e}"))?;
+            let mut config = kube::Config::new(uri);
+            if let Some(path) = ca_file {
+                let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let ders: Vec<Vec<u8>> = rustls_pemfile::certs(&mut &pem[..])
+                    .filter_map(Result::ok)
+                    .map(|c| c.to_vec())
+                    .collect();
+                config.root_cert = Some(ders);
+            }
+            config.auth_info.token_file = token_file.as_ref().map(|p| p.display().to_string());
+            config.read_timeout = None;
+            config
+        }
+        UpstreamSource::Kubeconfig { path, context } => {
+            let kubeconfig =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| e.to_string())?;
+            let options = kube::config::KubeConfigOptions {
+                context: context.clone(),
+                ..Default::default()
+            };
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| e.to_string())?
+        }
+    };
+    Client::try_from(config).map_err(|e| e.to_string())
+}
