@@ -964,5 +964,133 @@ mod tests {
                 }
             }
         }
+
+        /// Names from a tiny alphabet, so that collisions and boundaries (`""`, `"a:b"`)
+        /// come up often.
+        fn name() -> impl Strategy<Value = String> {
+            "[ab:]{0,3}"
+        }
+
+        fn subject() -> impl Strategy<Value = Option<Value>> {
+            prop_oneof![
+                Just(None),
+                Just(Some(Value::Null)),
+                name().prop_map(|s| Some(Value::from(s))),
+                (name(), name())
+                    .prop_map(|(ns, n)| Some(Value::from(service_account_username(&ns, &n)))),
+                any::<i64>().prop_map(|i| Some(Value::from(i))),
+            ]
+        }
+
+        /// One claims object of the shapes a hostile token could take: any claim
+        /// missing, null, or of another type.
+        fn hostile_claims() -> impl Strategy<Value = Value> {
+            let loose = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                name().prop_map(Value::from),
+                prop::collection::vec(name(), 0..3).prop_map(|v| json!(v)),
+            ];
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("iss"),
+                    Just("sub"),
+                    Just("aud"),
+                    Just("exp"),
+                    Just("nbf"),
+                    Just("iat"),
+                    Just("jti"),
+                    Just("kubernetes.io"),
+                ],
+                loose.prop_recursive(3, 16, 4, |inner| {
+                    prop::collection::btree_map("[a-z.]{1,14}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect()))
+                }),
+                0..8,
+            )
+            .prop_map(|m| {
+                let mut o: serde_json::Map<String, Value> =
+                    m.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                o.insert("iss".into(), Value::from(ISS));
+                Value::Object(o)
+            })
+        }
+
+        fn cache() -> &'static crate::cache::VerdictCache {
+            static CACHE: std::sync::OnceLock<crate::cache::VerdictCache> =
+                std::sync::OnceLock::new();
+            CACHE.get_or_init(|| {
+                crate::cache::VerdictCache::new(&crate::config::Cache {
+                    max_entries: 16,
+                    negative_max_entries: 16,
+                    negative_ttl: Duration::from_secs(10),
+                    max_ttl: Duration::from_secs(120),
+                })
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn an_accepted_tokens_subject_always_names_its_service_account(
+                sub in subject(), ns in name(), sa in name(), pod in prop::option::of(name())
+            ) {
+                let mut claims = projected();
+                claims["kubernetes.io"] = json!({"namespace": ns, "serviceaccount": {"name": sa, "uid": "u"}});
+                if let Some(pod) = pod {
+                    claims["kubernetes.io"]["pod"] = json!({"name": pod, "uid": "p"});
+                }
+                match sub {
+                    None => { claims.as_object_mut().unwrap().remove("sub"); }
+                    Some(v) => claims["sub"] = v,
+                }
+                if let Ok(Classified::ServiceAccount(t)) = classify(&jwt(&claims), &issuers()) {
+                    let c = &t.claims;
+                    prop_assert!(!c.namespace.is_empty() && !c.service_account.name.is_empty());
+                    prop_assert!(!c.service_account.uid.is_empty());
+                    prop_assert_eq!(&c.namespace, &ns);
+                    prop_assert_eq!(&c.service_account.name, &sa);
+                    prop_assert!(c.subject.as_ref().is_none_or(|s| *s == t.username()),
+                                 "sub {:?} accepted for {}", c.subject, t.username());
+                }
+            }
+
+            #[test]
+            fn classify_and_check_never_panic_on_hostile_claims(claims in hostile_claims(),
+                                                                now in any::<i64>(),
+                                                                requested in prop::collection::vec(name(), 0..3)) {
+                if let Ok(Classified::ServiceAccount(t)) = classify(&jwt(&claims), &issuers()) {
+                    let now = if now >= 0 {
+                        UNIX_EPOCH.checked_add(Duration::from_secs(now.unsigned_abs()))
+                    } else {
+                        UNIX_EPOCH.checked_sub(Duration::from_secs(now.unsigned_abs()))
+                    };
+                    if let Some(now) = now {
+                        let _ = check(&t, &requested, &issuers(), now);
+                    }
+                }
+            }
+
+            #[test]
+            fn a_cache_key_is_never_shared_by_two_audience_sets(token in ".{0,40}",
+                                                               a in prop::collection::vec(name(), 0..4),
+                                                               b in prop::collection::vec(name(), 0..4)) {
+                use crate::cache::Purpose;
+                let cache = cache();
+                let ka = cache.key(&token, &a, Purpose::Review);
+                prop_assert_eq!(ka, cache.key(&token, &a, Purpose::Review));
+                if a != b {
+                    prop_assert_ne!(ka, cache.key(&token, &b, Purpose::Review),
+                                    "{:?} and {:?} share a key", a, b);
+                }
+                // Nor across purposes, nor with a token that spells the same bytes
+                // once the audiences are run together.
+                prop_assert_ne!(ka, cache.key(&token, &a, Purpose::Caller));
+                let joined = format!("{token}{}", a.concat());
+                if !a.is_empty() && !a.concat().is_empty() {
+                    prop_assert_ne!(ka, cache.key(&joined, &[], Purpose::Review));
+                }
+            }
+        }
     }
 }
