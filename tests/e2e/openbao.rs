@@ -26,6 +26,7 @@ const ROOT_TOKEN: &str = "tokengate-test-root";
 /// A `bao server -dev` on a free loopback port, killed when dropped.
 struct Bao {
     addr: String,
+    home: PathBuf,
     log: PathBuf,
     _child: Child,
 }
@@ -37,8 +38,11 @@ impl Bao {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = dir.join("bao.log");
         let out = std::fs::File::create(&log).unwrap();
+        // HOME is the test's directory: the dev server writes its root token to
+        // ~/.vault-token, which must not clobber a developer's own.
         let child = Command::new("bao")
             .args(["server", "-dev", "-log-level=debug"])
+            .env("HOME", dir)
             .arg(format!("-dev-root-token-id={ROOT_TOKEN}"))
             .arg(format!("-dev-listen-address={addr}"))
             .stdin(std::process::Stdio::null())
@@ -53,6 +57,7 @@ impl Bao {
             });
         let bao = Bao {
             addr: format!("http://{addr}"),
+            home: dir.to_path_buf(),
             log,
             _child: child,
         };
@@ -75,6 +80,7 @@ impl Bao {
             .args(args)
             .env("BAO_ADDR", &self.addr)
             .env("BAO_TOKEN", ROOT_TOKEN)
+            .env("HOME", &self.home)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .output();
