@@ -71,6 +71,10 @@ pub struct Revocation {
     /// deleted one; while the watch is healthy, verdicts live until the token's `exp`.
     /// Default false: it needs `list`/`watch` on those resources (see deploy/).
     pub watch: bool,
+    /// Also watch Secrets (`revocation.secrets`), for legacy tokens, whose validity is
+    /// their Secret. Default false: RBAC cannot grant `list` on Secrets without their
+    /// contents, and legacy verdicts live only `policy.legacy_ttl` anyway.
+    pub secrets: bool,
 }
 
 /// Local signature checks (`[verify]`).
@@ -432,6 +436,7 @@ struct Raw {
 #[serde(default)]
 struct RawRevocation {
     watch: Option<bool>,
+    secrets: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -775,6 +780,7 @@ impl Raw {
             verify,
             revocation: Revocation {
                 watch: self.revocation.watch.unwrap_or(false),
+                secrets: self.revocation.secrets.unwrap_or(false),
             },
             tls,
             warnings,

@@ -171,7 +171,11 @@ pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<
         let client = revocation::client(&config.upstream)
             .await
             .map_err(BuildError::Revocation)?;
-        let watch = Watch::new(Arc::clone(reviewer.cache()), metrics);
+        let watch = Watch::new(
+            Arc::clone(reviewer.cache()),
+            metrics,
+            config.revocation.secrets,
+        );
         (Some(Arc::new(watch)), Some(client))
     } else {
         (None, None)

@@ -1,9 +1,10 @@
 //! The revocation watch: evict cached verdicts the moment the object a token is bound
 //! to is deleted.
 //!
-//! Responsible for: list+watch of Pods, ServiceAccounts and Secrets through the API
-//! server (kube's metadata-only watcher: resumable, bookmarks, re-list after `410 Gone`;
-//! only metadata crosses, so Secret contents never reach the gate); on a deletion (or a
+//! Responsible for: list+watch of Pods, ServiceAccounts and (with `revocation.secrets`)
+//! Secrets through the API server (kube's metadata-only watcher: resumable, bookmarks,
+//! re-list after `410 Gone`; only metadata crosses, so Secret contents never reach the
+//! gate); on a deletion (or a
 //! `deletionTimestamp` set) evicting every verdict that depends on the object's UID
 //! (pods, service accounts) or name (Secrets of legacy tokens); after every re-list
 //! evicting the verdicts whose object did not come back (a deletion missed while the
@@ -98,17 +99,24 @@ impl WatchState {
 pub struct Watch {
     cache: Arc<VerdictCache>,
     metrics: Arc<Metrics>,
+    secrets: bool,
     states: Mutex<[WatchState; 3]>,
     last_error: Mutex<Option<String>>,
 }
 
 impl Watch {
-    /// A watch that will evict from `cache`.
-    pub fn new(cache: Arc<VerdictCache>, metrics: Arc<Metrics>) -> Watch {
+    /// A watch that will evict from `cache`; Secrets are watched only when `secrets`.
+    pub fn new(cache: Arc<VerdictCache>, metrics: Arc<Metrics>, secrets: bool) -> Watch {
+        let mut states = [WatchState::default(); 3];
+        if !secrets {
+            // Not watched: never the reason the watch is unhealthy.
+            states[2].listed = true;
+        }
         Watch {
             cache,
             metrics,
-            states: Mutex::new([WatchState::default(); 3]),
+            secrets,
+            states: Mutex::new(states),
             last_error: Mutex::new(None),
         }
     }
@@ -178,7 +186,9 @@ impl Watch {
     pub async fn run(self: Arc<Self>, client: Client) {
         let pods = Api::<PartialObjectMeta<Pod>>::all(client.clone());
         let accounts = Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone());
-        let secrets = Api::<PartialObjectMeta<Secret>>::all(client);
+        let secrets = self
+            .secrets
+            .then(|| Api::<PartialObjectMeta<Secret>>::all(client));
         // Health decays with time (a broken watch turns stale after STALE_AFTER), so it
         // is published on a tick as well as on every event.
         let tick = {
@@ -194,7 +204,12 @@ impl Watch {
         tokio::join!(
             Arc::clone(&self).follow(pods, Watched::Pods),
             Arc::clone(&self).follow(accounts, Watched::ServiceAccounts),
-            Arc::clone(&self).follow(secrets, Watched::Secrets),
+            async {
+                match secrets {
+                    Some(api) => Arc::clone(&self).follow(api, Watched::Secrets).await,
+                    None => std::future::pending().await,
+                }
+            },
             tick,
         );
     }

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -46,6 +46,7 @@ enum Manifest {
     Namespace(Namespace),
     ServiceAccount(ServiceAccount),
     ClusterRoleBinding(ClusterRoleBinding),
+    ClusterRole(ClusterRole),
     ConfigMap(ConfigMap),
     Deployment(Deployment),
     Service(Service),
@@ -101,6 +102,7 @@ fn parse(origin: &str, doc: &Value) -> Manifest {
         Some("Namespace") => Manifest::Namespace(strict(origin, doc)),
         Some("ServiceAccount") => Manifest::ServiceAccount(strict(origin, doc)),
         Some("ClusterRoleBinding") => Manifest::ClusterRoleBinding(strict(origin, doc)),
+        Some("ClusterRole") => Manifest::ClusterRole(strict(origin, doc)),
         Some("ConfigMap") => Manifest::ConfigMap(strict(origin, doc)),
         Some("Deployment") => Manifest::Deployment(strict(origin, doc)),
         Some("Service") => Manifest::Service(strict(origin, doc)),
@@ -144,6 +146,9 @@ struct Deploy {
     namespace: Namespace,
     service_account: ServiceAccount,
     binding: ClusterRoleBinding,
+    /// The revocation watch's role and its binding.
+    revocation_role: ClusterRole,
+    revocation_binding: ClusterRoleBinding,
     config_map: ConfigMap,
     deployment: Deployment,
     service: Service,
@@ -159,6 +164,7 @@ fn load() -> Deploy {
     let mut namespaces = Vec::new();
     let mut service_accounts = Vec::new();
     let mut bindings = Vec::new();
+    let mut roles = Vec::new();
     let mut config_maps = Vec::new();
     let mut deployments = Vec::new();
     let mut services = Vec::new();
@@ -181,6 +187,7 @@ fn load() -> Deploy {
                 (Manifest::Namespace(x), false) => namespaces.push(x),
                 (Manifest::ServiceAccount(x), false) => service_accounts.push(x),
                 (Manifest::ClusterRoleBinding(x), false) => bindings.push(x),
+                (Manifest::ClusterRole(x), false) => roles.push(x),
                 (Manifest::ConfigMap(x), false) => config_maps.push(x),
                 (Manifest::Deployment(x), false) => deployments.push(x),
                 (Manifest::Service(x), false) => services.push(x),
@@ -195,10 +202,15 @@ fn load() -> Deploy {
         assert_eq!(v.len(), 1, "deploy/ should hold exactly one {kind}");
         v.pop().unwrap()
     }
+    let (delegator, revocation): (Vec<_>, Vec<_>) = bindings
+        .into_iter()
+        .partition(|b| b.role_ref.name == "system:auth-delegator");
     Deploy {
         namespace: one("Namespace", namespaces),
         service_account: one("ServiceAccount", service_accounts),
-        binding: one("ClusterRoleBinding", bindings),
+        binding: one("ClusterRoleBinding to system:auth-delegator", delegator),
+        revocation_role: one("ClusterRole", roles),
+        revocation_binding: one("ClusterRoleBinding to the revocation role", revocation),
         config_map: one("ConfigMap", config_maps),
         deployment: one("Deployment", deployments),
         service: one("Service", services),
@@ -375,6 +387,8 @@ fn kubectl_kustomize_builds_deploy_into_the_same_valid_objects() {
     assert_eq!(
         kinds,
         [
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ClusterRoleBinding",
             "ConfigMap",
             "Deployment",
@@ -671,4 +685,44 @@ fn service_monitor_scrapes_metrics_on_the_services_named_port() {
         .clone();
     assert_eq!(endpoints[0]["port"].as_str(), port_name.as_deref());
     assert_eq!(endpoints[0]["path"], "/metrics");
+}
+
+#[test]
+fn the_revocation_watch_may_list_and_watch_pods_and_service_accounts_but_no_secrets() {
+    let d = load();
+    let config = config::from_str(d.config_text(), in_cluster_env(&[])).unwrap();
+    assert!(config.revocation.watch, "the ConfigMap turns the watch on");
+    assert!(!config.revocation.secrets);
+    let rules = d.revocation_role.rules.as_deref().unwrap_or_default();
+    let mut granted = BTreeSet::new();
+    for rule in rules {
+        assert_eq!(
+            rule.api_groups.as_deref(),
+            Some(&[String::new()][..]),
+            "core group only"
+        );
+        for resource in rule.resources.iter().flatten() {
+            for verb in &rule.verbs {
+                granted.insert(format!("{verb} {resource}"));
+            }
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "list pods",
+        "watch pods",
+        "list serviceaccounts",
+        "watch serviceaccounts",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(granted, expected, "exactly what the metadata watch needs");
+    assert_eq!(
+        Some(&d.revocation_binding.role_ref.name),
+        d.revocation_role.metadata.name.as_ref()
+    );
+    let subjects = d.revocation_binding.subjects.as_deref().unwrap_or_default();
+    assert!(subjects.iter().any(|s| s.kind == "ServiceAccount"
+        && Some(&s.name) == d.service_account.metadata.name.as_ref()
+        && s.namespace.as_deref() == Some(NAMESPACE)));
 }
