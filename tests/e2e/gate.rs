@@ -707,3 +707,21 @@ async fn in_subjectaccessreview_mode_the_api_server_decides_who_may_review() {
     assert_eq!(status, StatusCode::CREATED, "{review}");
     assert_eq!(gate.sim.access_reviews_served(), 3);
 }
+
+#[tokio::test]
+async fn a_legacy_token_may_authenticate_a_caller_though_workloads_may_not_use_one() {
+    // Vault's token_reviewer_jwt is often a long-lived Secret token: the API server
+    // accepts it for its own audiences, and so does the gate for callers.
+    let gate = spawn_gate(&[]).await;
+    let legacy_reviewer = gate.sim.legacy_token("tokengate", "tokengate-reviewer");
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    let body = json!({"spec": {"token": token}}).to_string();
+    let (status, review) = gate.post("/review", Some(&legacy_reviewer), body).await;
+    assert_eq!(status, StatusCode::CREATED, "{review}");
+    assert!(authenticated(&review));
+    let (_, review) = gate.review(&legacy_reviewer, None).await;
+    assert!(
+        error(&review).contains("legacy service account token"),
+        "{review}"
+    );
+}
