@@ -345,6 +345,7 @@ pub fn unix_seconds(t: SystemTime) -> i64 {
 pub fn rfc3339(seconds: i64) -> String {
     u64::try_from(seconds)
         .ok()
+        .filter(|&s| s < 253_402_300_800) // year 10000: past RFC 3339, humantime fails (and to_string panics)
         .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
         .map_or_else(
             || format!("@{seconds}"),
@@ -1090,6 +1091,20 @@ mod tests {
                 if !a.is_empty() && !a.concat().is_empty() {
                     prop_assert_ne!(ka, cache.key(&joined, &[], Purpose::Review));
                 }
+            }
+
+            #[test]
+            fn every_time_rejection_can_be_written(t in any::<i64>(), now in any::<i64>()) {
+                for r in [
+                    Rejection::Expired { expires_at: t, now },
+                    Rejection::NotYetValid { not_before: t, now },
+                    Rejection::IssuedInTheFuture { issued_at: t, now },
+                ] {
+                    prop_assert!(!r.to_string().is_empty());
+                }
+                prop_assert!(!rfc3339(t).is_empty());
+                prop_assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+                prop_assert_eq!(rfc3339(253_402_300_800), "@253402300800");
             }
         }
     }
