@@ -2,10 +2,10 @@
 //! TokenReview and TokenRequest handlers.
 //!
 //! Responsible for: the route table (handlers of pods and service accounts live in
-//! `objects`, discovery documents in `discovery`, knobs in `knobs`), caller
-//! authentication (a bearer token the sim itself issued, for the API audiences) and
-//! authorization (the RBAC table, for tokenreviews), decoding bodies with `Status`
-//! errors. Every failure is an [`ApiError`], rendered as a `Status` body.
+//! `objects`, lists and watches in `watch`, discovery documents in `discovery`, knobs in
+//! `knobs`), caller authentication (a bearer token the sim itself issued, for the API
+//! audiences) and authorization (the RBAC table, for tokenreviews), decoding bodies with
+//! `Status` errors. Every failure is an [`ApiError`], rendered as a `Status` body.
 //!
 //! Not responsible for: the authenticator's rules (see `review`), TokenRequest rules and
 //! shared state (see `cluster`), connections (see `server`).
@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
 use k8s_openapi::api::authorization::v1::{SubjectAccessReview, SubjectAccessReviewStatus};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -30,7 +30,7 @@ use super::cluster::Cluster;
 use super::review::{Authenticated, review_status};
 use super::server::KillSwitch;
 use super::status::ApiError;
-use super::{discovery, knobs, objects};
+use super::{discovery, knobs, objects, watch};
 
 /// The API group of TokenReview.
 const AUTHENTICATION_GROUP: &str = "authentication.k8s.io";
@@ -60,7 +60,7 @@ pub(crate) fn router(cluster: Arc<Cluster>) -> Router {
         // Objects.
         .route(
             &format!("{ns}/serviceaccounts"),
-            get(objects::list::<ServiceAccount>).post(objects::create::<ServiceAccount>),
+            get(watch::in_namespace::<ServiceAccount>).post(objects::create::<ServiceAccount>),
         )
         .route(
             &format!("{ns}/serviceaccounts/{{name}}"),
@@ -68,17 +68,20 @@ pub(crate) fn router(cluster: Arc<Cluster>) -> Router {
         )
         .route(
             &format!("{ns}/pods"),
-            get(objects::list::<Pod>).post(objects::create_pod),
+            get(watch::in_namespace::<Pod>).post(objects::create_pod),
         )
         .route(
             &format!("{ns}/pods/{{name}}"),
             get(objects::get_one::<Pod>).delete(objects::delete_pod),
         )
+        .route(&format!("{ns}/secrets"), get(watch::in_namespace::<Secret>))
+        // Lists and watches across namespaces (`watch=true`), for informers.
         .route(
             "/api/v1/serviceaccounts",
-            get(objects::list_all::<ServiceAccount>),
+            get(watch::all_namespaces::<ServiceAccount>),
         )
-        .route("/api/v1/pods", get(objects::list_all::<Pod>))
+        .route("/api/v1/pods", get(watch::all_namespaces::<Pod>))
+        .route("/api/v1/secrets", get(watch::all_namespaces::<Secret>))
         // Discovery.
         .route(
             "/.well-known/openid-configuration",
@@ -98,6 +101,10 @@ pub(crate) fn router(cluster: Arc<Cluster>) -> Router {
         .route("/sim/latency", post(knobs::latency))
         .route("/sim/rotate", post(knobs::rotate))
         .route("/sim/stats", get(knobs::stats))
+        .route("/sim/expire-watches", post(knobs::expire_watches))
+        .route("/sim/cut-watches", post(knobs::cut_watches))
+        .route("/sim/bookmarks", post(knobs::bookmarks))
+        .route("/sim/deny-watch", post(knobs::deny_watch))
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         // The sim speaks JSON only: a protobuf or YAML body gets the API server's 415
@@ -381,9 +388,10 @@ mod tests {
     fn reviewer(cluster: &Cluster) -> String {
         let now = SystemTime::now();
         cluster.ensure_service_account("tokengate", "reviewer", now);
-        cluster
-            .store()
-            .allow_reviewer("system:serviceaccount:tokengate:reviewer");
+        let mut store = cluster.store();
+        store.allow_reviewer("system:serviceaccount:tokengate:reviewer");
+        store.set_watcher("system:serviceaccount:tokengate:reviewer", true);
+        drop(store);
         let spec = Default::default();
         cluster
             .token_request("tokengate", "reviewer", &spec, now)
@@ -681,7 +689,15 @@ mod tests {
             .iter()
             .filter_map(|r| r["name"].as_str())
             .collect();
-        assert_eq!(names, ["pods", "serviceaccounts", "serviceaccounts/token"]);
+        assert_eq!(
+            names,
+            [
+                "pods",
+                "secrets",
+                "serviceaccounts",
+                "serviceaccounts/token"
+            ]
+        );
     }
 
     #[tokio::test]

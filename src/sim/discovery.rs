@@ -53,10 +53,11 @@ fn resource(name: &str, kind: &str, namespaced: bool, verbs: &[&str], short: &[&
 
 /// `GET /api/v1`: the core resources served.
 pub(crate) async fn core_v1() -> Response {
-    let crud = ["create", "delete", "get", "list"];
+    let crud = ["create", "delete", "get", "list", "watch"];
     Json(
         json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
             resource("pods", "Pod", true, &crud, &["po"]),
+            resource("secrets", "Secret", true, &["list", "watch"], &[]),
             resource("serviceaccounts", "ServiceAccount", true, &crud, &["sa"]),
             resource("serviceaccounts/token", "TokenRequest", true, &["create"], &[]),
         ]}),

@@ -1,5 +1,6 @@
-//! Test knobs of the sim: injected TokenReview failures, added latency, and the counter
-//! of TokenReviews served.
+//! Test knobs of the sim: injected TokenReview failures, added latency, the counter of
+//! TokenReviews served, and the watch knobs (bookmark interval; expire, cut and deny
+//! watches).
 //!
 //! Responsible for: the knob state (shared, lock-free except a short queue lock), the
 //! wire names of failures (`POST /sim/fail {"kind": …}`), and how each failure looks on
@@ -8,7 +9,9 @@
 //!
 //! The same knobs are served over HTTP for `tokengate dev` users and scripts:
 //! `POST /sim/fail {"count": 3, "kind": "503"}`, `POST /sim/latency {"millis": 50}`,
-//! `POST /sim/rotate` (new signing key), `GET /sim/stats` (`{"tokenreviews": N}`).
+//! `POST /sim/rotate` (new signing key), `GET /sim/stats` (`{"tokenreviews": N}`), and
+//! for watches `POST /sim/expire-watches`, `POST /sim/cut-watches`,
+//! `POST /sim/bookmarks {"millis": N}`, `POST /sim/deny-watch {"deny": true}`.
 //!
 //! Not responsible for: deciding when a knob applies (the TokenReview handler in `api`
 //! asks) or routing.
@@ -120,8 +123,10 @@ fn failure_status(code: u16) -> Response {
     response
 }
 
+/// How often an open watch that allows bookmarks gets one, unless set otherwise.
+pub(crate) const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The knob state a running sim shares between its handle and its handlers.
-#[derive(Default)]
 pub(crate) struct Knobs {
     failures: Mutex<VecDeque<Failure>>,
     latency_micros: AtomicU64,
@@ -129,6 +134,25 @@ pub(crate) struct Knobs {
     access_reviews: AtomicU64,
     jwks: AtomicU64,
     discovery_down: AtomicBool,
+    bookmark_millis: AtomicU64,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            failures: Mutex::default(),
+            latency_micros: AtomicU64::default(),
+            reviews: AtomicU64::default(),
+            access_reviews: AtomicU64::default(),
+            jwks: AtomicU64::default(),
+            discovery_down: AtomicBool::default(),
+            bookmark_millis: AtomicU64::new(millis(DEFAULT_BOOKMARK_INTERVAL)),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Knobs {
@@ -187,6 +211,18 @@ impl Knobs {
     /// Whether OIDC discovery and the JWKS answer 503.
     pub(crate) fn discovery_down(&self) -> bool {
         self.discovery_down.load(Ordering::Relaxed)
+    }
+
+    /// Sets how often watches that allow bookmarks get one (zero: never). Applies to
+    /// watches opened afterwards.
+    pub(crate) fn set_bookmark_interval(&self, interval: Duration) {
+        self.bookmark_millis
+            .store(millis(interval), Ordering::Relaxed);
+    }
+
+    /// How often watches that allow bookmarks get one (zero: never).
+    pub(crate) fn bookmark_interval(&self) -> Duration {
+        Duration::from_millis(self.bookmark_millis.load(Ordering::Relaxed))
     }
 
     /// Counts one SubjectAccessReview that reached the handler.
@@ -257,6 +293,63 @@ pub(crate) async fn rotate(State(cluster): Shared) -> Result<Response, ApiError>
         .rotate()
         .map_err(|_| ApiError::bad_request("could not generate a new signing key"))?;
     Ok(Json(json!({"kid": kid})).into_response())
+}
+
+/// `POST /sim/expire-watches`: every open watch ends with `410 Gone` and the change log
+/// is forgotten up to now, so clients must re-list. Answers how many watches were open.
+pub(crate) async fn expire_watches(State(cluster): Shared) -> Response {
+    let mut store = cluster.store();
+    let open = store.events().subscribers();
+    store.expire_watches();
+    drop(store);
+    Json(json!({"expired": open})).into_response()
+}
+
+/// `POST /sim/cut-watches`: every open watch's connection is dropped (TCP reset), with
+/// no goodbye; clients resume from their last resourceVersion.
+pub(crate) async fn cut_watches(State(cluster): Shared) -> Response {
+    let store = cluster.store();
+    let open = store.events().subscribers();
+    store.events().cut();
+    drop(store);
+    Json(json!({"cut": open})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BookmarksKnob {
+    millis: u64,
+}
+
+/// `POST /sim/bookmarks {"millis": N}`: the bookmark interval of watches opened from now
+/// on (0: none).
+pub(crate) async fn bookmarks(
+    State(cluster): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let knob: BookmarksKnob = knob_body(body)?;
+    cluster
+        .knobs
+        .set_bookmark_interval(Duration::from_millis(knob.millis));
+    Ok(Json(json!({"millis": knob.millis})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyWatchKnob {
+    deny: bool,
+}
+
+/// `POST /sim/deny-watch {"deny": true}`: the reviewer loses (or regains) list and watch.
+pub(crate) async fn deny_watch(
+    State(cluster): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let knob: DenyWatchKnob = knob_body(body)?;
+    cluster
+        .store()
+        .set_watcher(&super::reviewer_username(), !knob.deny);
+    Ok(Json(json!({"deny": knob.deny})).into_response())
 }
 
 /// `GET /sim/stats`: `{"tokenreviews": N}`.

@@ -2,8 +2,10 @@
 //! dev`, `tokengate sim`, the tests and the benches.
 //!
 //! It serves TokenReview (v1 and v1beta1) with the API server's authenticator rules and
-//! wording, TokenRequest with the real claim layout, OIDC discovery and JWKS, and pods
-//! and service accounts that can be created and deleted; it signs ES256 tokens with a key
+//! wording, TokenRequest with the real claim layout, OIDC discovery and JWKS, pods and
+//! service accounts that can be created and deleted, and lists and watches of pods,
+//! service accounts and Secrets as `kube::runtime::watcher` and informers consume them
+//! (resourceVersions, bookmarks, `410 Gone`, metadata-only); it signs ES256 tokens with a key
 //! whose `kid` is derived as the API server derives it, over HTTPS with a CA it generates.
 //! Test knobs add latency, inject failures and count reviews, in-process through [`Sim`]
 //! and over HTTP under `/sim/`.
@@ -13,7 +15,8 @@
 //! - `review`: the API server's service-account authenticator;
 //! - `tokens`: claim layouts and TokenRequest validation;
 //! - `keys`: CA, serving certificate, signing keys, JWKS;
-//! - `store`: objects and the RBAC table;
+//! - `store`: objects and the RBAC table; `events`: the change log that watches follow;
+//! - `watch`: lists and watches over HTTP;
 //! - `api`: the routes, caller authentication, TokenReview and TokenRequest handlers;
 //! - `objects`: pods and service accounts over HTTP; `discovery`: OIDC and API discovery;
 //! - `status`: `Status` error bodies;
@@ -22,6 +25,7 @@
 mod api;
 mod cluster;
 mod discovery;
+mod events;
 mod keys;
 mod knobs;
 mod objects;
@@ -30,6 +34,7 @@ mod server;
 mod status;
 mod store;
 mod tokens;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,6 +58,8 @@ pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 pub const REVIEWER_NAMESPACE: &str = "tokengate";
 /// Name of the reviewer service account every sim starts with.
 pub const REVIEWER_NAME: &str = "tokengate-reviewer";
+/// `deletionGracePeriodSeconds` of a graceful pod deletion (the pod default).
+const POD_GRACE_SECONDS: i64 = 30;
 /// Lifetime of the reviewer token a sim mints at start: one year.
 const REVIEWER_TOKEN_SECONDS: i64 = 365 * 24 * 3600;
 
@@ -181,9 +188,12 @@ impl Sim {
 
         let now = SystemTime::now();
         cluster.ensure_service_account(REVIEWER_NAMESPACE, REVIEWER_NAME, now);
-        cluster
-            .store()
-            .allow_reviewer(&tokens::username(REVIEWER_NAMESPACE, REVIEWER_NAME));
+        {
+            let mut store = cluster.store();
+            store.allow_reviewer(&reviewer_username());
+            // The revocation ClusterRole: list and watch pods, serviceaccounts, secrets.
+            store.set_watcher(&reviewer_username(), true);
+        }
         let spec = TokenRequestSpec {
             expiration_seconds: Some(REVIEWER_TOKEN_SECONDS),
             ..TokenRequestSpec::default()
@@ -279,6 +289,72 @@ impl Sim {
     /// Lets `username` create tokenreviews (as a `system:auth-delegator` binding would).
     pub fn allow_reviewer(&self, username: &str) {
         self.cluster.store().allow_reviewer(username);
+    }
+
+    /// The uid of pod `ns/name`, if it exists.
+    pub fn pod_uid(&self, ns: &str, name: &str) -> Option<String> {
+        self.cluster.store().uid_of::<Pod>(ns, name)
+    }
+
+    /// The uid of service account `ns/name`, if it exists.
+    pub fn service_account_uid(&self, ns: &str, name: &str) -> Option<String> {
+        self.cluster.store().uid_of::<ServiceAccount>(ns, name)
+    }
+
+    /// Begins a graceful deletion of pod `ns/name`, as `kubectl delete pod` does: sets
+    /// `metadata.deletionTimestamp` (watchers see `MODIFIED`) and leaves the pod, and
+    /// the tokens bound to it, in place until [`Sim::delete_pod`]. `false` if the pod
+    /// does not exist or is already being deleted. ([`Sim::delete_pod`] alone deletes at
+    /// once: watchers see a single `DELETED`.)
+    pub fn begin_pod_deletion(&self, ns: &str, name: &str) -> bool {
+        self.cluster
+            .store()
+            .begin_deletion::<Pod>(ns, name, POD_GRACE_SECONDS, SystemTime::now())
+            .unwrap_or(false)
+    }
+
+    /// The cluster's current resourceVersion (that of the last write).
+    pub fn resource_version(&self) -> u64 {
+        self.cluster.store().resource_version()
+    }
+
+    /// Lets `username` list and watch pods, serviceaccounts and secrets cluster-wide (the
+    /// reviewer may from the start).
+    pub fn allow_watcher(&self, username: &str) {
+        self.cluster.store().set_watcher(username, true);
+    }
+
+    /// Takes list and watch away from the reviewer (`true`; its lists and watches get
+    /// the API server's 403) or gives them back (`false`). Open watches stay open, as
+    /// RBAC is checked when a request starts.
+    pub fn deny_watch(&self, deny: bool) {
+        self.cluster
+            .store()
+            .set_watcher(&reviewer_username(), !deny);
+    }
+
+    /// Ends every open watch with the `ERROR` event of `410 Gone` (`Expired`) and
+    /// forgets the change log up to the current resourceVersion, so that clients must
+    /// re-list (a watch from an older version gets the same `ERROR`).
+    pub fn expire_watches(&self) {
+        self.cluster.store().expire_watches();
+    }
+
+    /// Drops every open watch's connection abruptly (TCP reset, no end of the chunked
+    /// body); clients resume from their last resourceVersion, from the change log.
+    pub fn cut_watches(&self) {
+        self.cluster.store().events().cut();
+    }
+
+    /// Open watch responses (each one an HTTP request following the change log).
+    pub fn watches_open(&self) -> usize {
+        self.cluster.store().events().subscribers()
+    }
+
+    /// How often watches that allow bookmarks get a `BOOKMARK` (default 1 s; zero: never).
+    /// Applies to watches opened afterwards.
+    pub fn set_bookmark_interval(&self, interval: Duration) {
+        self.cluster.knobs.set_bookmark_interval(interval);
     }
 
     /// Mints a token as the TokenRequest endpoint does.
@@ -463,6 +539,11 @@ fn minted_token(
     }
 }
 
+/// The username of the reviewer service account.
+pub(crate) fn reviewer_username() -> String {
+    tokens::username(REVIEWER_NAMESPACE, REVIEWER_NAME)
+}
+
 /// The host part of a URL for `addr` (IPv6 in brackets).
 fn url_host(addr: SocketAddr) -> String {
     match addr {
@@ -473,3 +554,5 @@ fn url_host(addr: SocketAddr) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod watch_tests;

@@ -1,8 +1,9 @@
-//! Pods and service accounts over HTTP: create, get, list, delete, as the API server
-//! serves them under `/api/v1`.
+//! Pods and service accounts over HTTP: create, get, delete, as the API server serves
+//! them under `/api/v1`.
 //!
 //! Responsible for: the handlers, caller authentication on each, and what the
-//! ServiceAccount admission plugin adds to a new pod. Not for: storage rules (`store`).
+//! ServiceAccount admission plugin adds to a new pod. Not for: storage rules (`store`),
+//! lists and watches (`watch`).
 
 use std::time::SystemTime;
 
@@ -12,12 +13,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
-use k8s_openapi::{List, ListableResource};
 use serde::de::DeserializeOwned;
 
 use super::api::{Shared, caller, decode, json_response};
-use super::cluster::Cluster;
 use super::status::ApiError;
 use super::store::Stored;
 
@@ -86,48 +84,6 @@ where
     caller(&cluster, &headers)?;
     let obj = cluster.store().get::<T>(&ns, &name)?.clone();
     Ok(json_response(StatusCode::OK, &obj))
-}
-
-/// `GET /api/v1/namespaces/{ns}/{resource}`.
-pub(crate) async fn list<T>(
-    State(cluster): Shared,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError>
-where
-    T: Stored + ListableResource + serde::Serialize,
-{
-    caller(&cluster, &headers)?;
-    Ok(list_response::<T>(&cluster, Some(&ns)))
-}
-
-/// `GET /api/v1/{resource}`, across namespaces.
-pub(crate) async fn list_all<T>(
-    State(cluster): Shared,
-    headers: HeaderMap,
-) -> Result<Response, ApiError>
-where
-    T: Stored + ListableResource + serde::Serialize,
-{
-    caller(&cluster, &headers)?;
-    Ok(list_response::<T>(&cluster, None))
-}
-
-fn list_response<T>(cluster: &Cluster, ns: Option<&str>) -> Response
-where
-    T: Stored + ListableResource + serde::Serialize,
-{
-    let list = {
-        let store = cluster.store();
-        List::<T> {
-            items: store.list::<T>(ns),
-            metadata: ListMeta {
-                resource_version: Some(store.resource_version().to_string()),
-                ..ListMeta::default()
-            },
-        }
-    };
-    json_response(StatusCode::OK, &list)
 }
 
 /// `DELETE …/serviceaccounts/{name}`, with the account's legacy token Secrets.

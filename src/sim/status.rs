@@ -7,7 +7,7 @@
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusDetails};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
 
 use super::store::StoreError;
 
@@ -46,17 +46,33 @@ impl ApiError {
 
     /// 403 `Forbidden` for `user` lacking `verb` on a cluster-scoped `resource` of `group`.
     pub(crate) fn forbidden(user: &str, verb: &str, resource: &str, group: &str) -> ApiError {
+        ApiError::forbidden_in(user, verb, resource, group, None)
+    }
+
+    /// 403 `Forbidden` for `user` lacking `verb` on `resource` of `group`, across the
+    /// cluster (`namespace` `None`) or in a namespace.
+    pub(crate) fn forbidden_in(
+        user: &str,
+        verb: &str,
+        resource: &str,
+        group: &str,
+        namespace: Option<&str>,
+    ) -> ApiError {
         let qualified = if group.is_empty() {
             resource.to_owned()
         } else {
             format!("{resource}.{group}")
+        };
+        let scope = match namespace {
+            None => "at the cluster scope".to_owned(),
+            Some(ns) => format!("in the namespace \"{ns}\""),
         };
         let mut err = ApiError::new(
             StatusCode::FORBIDDEN,
             "Forbidden",
             format!(
                 "{qualified} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" \
-                 in API group \"{group}\" at the cluster scope"
+                 in API group \"{group}\" {scope}"
             ),
         );
         err.details = Some(Box::new(StatusDetails {
@@ -78,6 +94,47 @@ impl ApiError {
             StatusCode::UNPROCESSABLE_ENTITY,
             "Invalid",
             format!("{qualified_kind} \"{name}\" is invalid: {field}: {detail}"),
+        )
+    }
+
+    /// 410 `Expired`: a resourceVersion older than the API server still holds.
+    pub(crate) fn expired(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::GONE, "Expired", message)
+    }
+
+    /// 504 `Timeout` for a resourceVersion the API server has not reached (it waits
+    /// three seconds for it first; the sim, whose writes are synchronous, does not).
+    pub(crate) fn too_large_resource_version(requested: u64, current: u64) -> ApiError {
+        ApiError {
+            details: Some(Box::new(StatusDetails {
+                causes: Some(vec![StatusCause {
+                    reason: Some("ResourceVersionTooLarge".to_owned()),
+                    message: Some("Too large resource version".to_owned()),
+                    field: None,
+                }]),
+                retry_after_seconds: Some(1),
+                ..StatusDetails::default()
+            })),
+            ..ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                format!("Too large resource version: {requested}, current: {current}"),
+            )
+        }
+    }
+
+    /// 406 `NotAcceptable`: no media type of `Accept` can be served.
+    pub(crate) fn not_acceptable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_ACCEPTABLE, "NotAcceptable", message)
+    }
+
+    /// The `Status` object, as a body or inside a watch `ERROR` event.
+    pub(crate) fn status(&self) -> Status {
+        status(
+            self.code,
+            self.reason,
+            &self.message,
+            self.details.as_deref().cloned(),
         )
     }
 
@@ -155,16 +212,19 @@ pub(crate) fn status_response(
     message: &str,
     details: Option<StatusDetails>,
 ) -> Response {
-    let status = Status {
+    let body = serde_json::to_vec(&status(code, reason, message, details)).unwrap_or_default();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn status(code: StatusCode, reason: &str, message: &str, details: Option<StatusDetails>) -> Status {
+    Status {
         code: Some(i32::from(code.as_u16())),
         details,
         message: Some(message.to_owned()),
         reason: (!reason.is_empty()).then(|| reason.to_owned()),
         status: Some("Failure".to_owned()),
         ..Status::default()
-    };
-    let body = serde_json::to_vec(&status).unwrap_or_default();
-    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! The sim's object store: service accounts, pods, token Secrets, and the RBAC table of
-//! callers allowed to create TokenReviews.
+//! callers allowed to create TokenReviews and to list and watch those objects.
 //!
 //! Responsible for: creating objects the way the API server does (uid, resourceVersion,
-//! creationTimestamp, `generateName`), looking them up, deleting them, and a cluster-wide
-//! resourceVersion counter that every write bumps (so watches can be added later).
+//! creationTimestamp, `generateName`), looking them up, deleting them, a cluster-wide
+//! resourceVersion counter that every write bumps, and recording every write in the
+//! change log that watches replay and follow (see `events`).
 //!
 //! Not responsible for: HTTP (see `api`), tokens (see `tokens`), locking. The store is a
 //! plain value; the sim keeps it behind a `std::sync::Mutex` that is never held across an
@@ -16,6 +17,8 @@ use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::{Metadata, Resource};
 use rand::Rng as _;
+
+use super::events::{Change, Event, EventLog};
 
 /// A store failure, worded as the API server words it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,7 +68,9 @@ impl<T> Default for Table<T> {
 }
 
 /// A kind the store holds.
-pub(crate) trait Stored: Metadata<Ty = ObjectMeta> + Resource + Clone {
+pub(crate) trait Stored:
+    Metadata<Ty = ObjectMeta> + Resource + Clone + serde::Serialize
+{
     /// The table of this kind in `store`.
     fn table(store: &Store) -> &Table<Self>;
     /// The table of this kind in `store`, for writing.
@@ -99,6 +104,11 @@ pub(crate) struct Store {
     secrets: Table<Secret>,
     /// Usernames allowed to create tokenreviews (holders of `system:auth-delegator`).
     reviewers: BTreeSet<String>,
+    /// Usernames allowed to list and watch pods, serviceaccounts and secrets, cluster
+    /// wide (the gate's revocation ClusterRole). Nobody else may list or watch.
+    watchers: BTreeSet<String>,
+    /// Every write, for watches.
+    events: EventLog,
 }
 
 /// The characters the API server's `generateName` suffix is drawn from.
@@ -164,7 +174,22 @@ impl Store {
         meta.creation_timestamp = Some(timestamp(now));
         meta.deletion_timestamp = None;
         T::table_mut(self).objects.insert(key, obj.clone());
+        self.record(Change::Added, &obj);
         Ok(obj)
+    }
+
+    /// Records a write of `obj` (already at its new resourceVersion) in the change log.
+    fn record<T: Stored>(&mut self, change: Change, obj: &T) {
+        let meta = obj.metadata();
+        let event = Event {
+            resource_version: self.resource_version,
+            change,
+            resource: T::URL_PATH_SEGMENT,
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            // k8s-openapi types always serialize; `apiVersion` and `kind` included.
+            object: serde_json::to_value(obj).unwrap_or_default(),
+        };
+        self.events.record(event);
     }
 
     /// The object `namespace/name`.
@@ -212,7 +237,51 @@ impl Store {
                 })?;
         let resource_version = self.next_resource_version();
         obj.metadata_mut().resource_version = Some(resource_version);
+        self.record(Change::Deleted, &obj);
         Ok(obj)
+    }
+
+    /// Begins a graceful deletion of `namespace/name`, as `DELETE` with a grace period
+    /// does: sets `deletionTimestamp` and `deletionGracePeriodSeconds` (a `MODIFIED`
+    /// change) and leaves the object in place until [`Store::delete`]. `Ok(false)` if
+    /// its deletion had already begun.
+    pub(crate) fn begin_deletion<T: Stored>(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        grace_seconds: i64,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let key = (namespace.to_owned(), name.to_owned());
+        let Some(obj) = T::table(self).objects.get(&key) else {
+            return Err(StoreError::NotFound {
+                resource: T::URL_PATH_SEGMENT,
+                name: name.to_owned(),
+            });
+        };
+        if obj.metadata().deletion_timestamp.is_some() {
+            return Ok(false);
+        }
+        let mut obj = obj.clone();
+        let resource_version = self.next_resource_version();
+        let meta = obj.metadata_mut();
+        meta.resource_version = Some(resource_version);
+        meta.deletion_timestamp = Some(timestamp(now));
+        meta.deletion_grace_period_seconds = Some(grace_seconds);
+        T::table_mut(self).objects.insert(key, obj.clone());
+        self.record(Change::Modified, &obj);
+        Ok(true)
+    }
+
+    /// The change log.
+    pub(crate) fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// Forgets the change log up to the current resourceVersion and ends every open
+    /// watch with `410 Gone`, so that clients must re-list.
+    pub(crate) fn expire_watches(&mut self) {
+        self.events.expire(self.resource_version);
     }
 
     /// Deletes a service account and, like the API server's token controller, the
@@ -251,6 +320,21 @@ impl Store {
     /// Whether `username` may create tokenreviews.
     pub(crate) fn may_review(&self, username: &str) -> bool {
         self.reviewers.contains(username)
+    }
+
+    /// Lets `username` list and watch pods, serviceaccounts and secrets (`true`), or
+    /// takes that away (`false`).
+    pub(crate) fn set_watcher(&mut self, username: &str, allowed: bool) {
+        if allowed {
+            self.watchers.insert(username.to_owned());
+        } else {
+            self.watchers.remove(username);
+        }
+    }
+
+    /// Whether `username` may list and watch pods, serviceaccounts and secrets.
+    pub(crate) fn may_watch(&self, username: &str) -> bool {
+        self.watchers.contains(username)
     }
 }
 
@@ -359,6 +443,64 @@ mod tests {
             .filter_map(|s| s.metadata.name)
             .collect();
         assert_eq!(left, vec!["unrelated".to_owned()]);
+    }
+
+    #[test]
+    fn every_write_is_logged_in_order_with_the_deleted_state() {
+        let mut store = Store::default();
+        let now = SystemTime::now();
+        store
+            .create("ns", named::<ServiceAccount>("a"), now)
+            .expect("sa");
+        let mut secret = named::<Secret>("a-token-x");
+        secret.type_ = Some(SERVICE_ACCOUNT_TOKEN_TYPE.into());
+        secret.metadata.annotations =
+            Some([(SA_NAME_ANNOTATION.to_owned(), "a".to_owned())].into());
+        store.create("ns", secret, now).expect("secret");
+        let pod = store.create("ns", named::<Pod>("p"), now).expect("pod");
+        assert_eq!(store.begin_deletion::<Pod>("ns", "p", 30, now), Ok(true));
+        assert_eq!(store.begin_deletion::<Pod>("ns", "p", 30, now), Ok(false));
+        store.delete::<Pod>("ns", "p").expect("delete");
+        store.delete_service_account("ns", "a").expect("delete");
+        let log: Vec<_> = store
+            .events()
+            .since(0)
+            .expect("all kept")
+            .iter()
+            .map(|e| (e.resource_version, e.change, e.resource))
+            .collect();
+        assert_eq!(
+            log,
+            [
+                (1, Change::Added, "serviceaccounts"),
+                (2, Change::Added, "secrets"),
+                (3, Change::Added, "pods"),
+                (4, Change::Modified, "pods"),
+                (5, Change::Deleted, "pods"),
+                (6, Change::Deleted, "serviceaccounts"),
+                (7, Change::Deleted, "secrets"),
+            ]
+        );
+        let deleted = &store.events().since(4).expect("kept")[0];
+        assert_eq!(
+            deleted.object["metadata"]["uid"],
+            pod.metadata.uid.expect("uid")
+        );
+        assert_eq!(deleted.object["metadata"]["resourceVersion"], "5");
+        assert!(deleted.object["metadata"]["deletionTimestamp"].is_string());
+        assert_eq!(deleted.object["kind"], "Pod");
+        store.expire_watches();
+        assert_eq!(store.events().floor(), 7);
+    }
+
+    #[test]
+    fn only_listed_users_may_watch() {
+        let mut store = Store::default();
+        assert!(!store.may_watch("u"));
+        store.set_watcher("u", true);
+        assert!(store.may_watch("u") && !store.may_review("u"));
+        store.set_watcher("u", false);
+        assert!(!store.may_watch("u"));
     }
 
     #[test]

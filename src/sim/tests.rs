@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 
 use super::*;
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(super) type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A client that trusts exactly the sim's CA.
-fn client(ca_pem: &str) -> HttpsClient {
+pub(super) fn client(ca_pem: &str) -> HttpsClient {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(cert.expect("pem")).expect("root");
