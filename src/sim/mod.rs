@@ -7,8 +7,8 @@
 //! service accounts and Secrets as `kube::runtime::watcher` and informers consume them
 //! (resourceVersions, bookmarks, `410 Gone`, metadata-only); it signs ES256 tokens with a key
 //! whose `kid` is derived as the API server derives it, over HTTPS with a CA it generates.
-//! Test knobs add latency, inject failures and count reviews, in-process through [`Sim`]
-//! and over HTTP under `/sim/`.
+//! Test knobs add latency, inject failures, count reviews, and expire, cut or forbid
+//! watches, in-process through [`Sim`] and over HTTP under `/sim/`.
 //!
 //! The files, one concept each:
 //! - `cluster`: the shared state and the operations on it (TokenRequest, legacy tokens);
@@ -261,7 +261,7 @@ impl Sim {
     }
 
     /// Deletes service account `ns/name` (and its legacy token Secrets, as the token
-    /// controller does); `false` if it did not exist.
+    /// controller does; watchers see a `DELETED` for each); `false` if it did not exist.
     pub fn delete_service_account(&self, ns: &str, name: &str) -> bool {
         self.cluster
             .store()
@@ -276,7 +276,8 @@ impl Sim {
             .ensure_pod(ns, name, service_account, SystemTime::now())
     }
 
-    /// Deletes pod `ns/name` at once; `false` if it did not exist.
+    /// Deletes pod `ns/name` at once (no grace period: watchers see one `DELETED`, with
+    /// the pod's last state at a new resourceVersion); `false` if it did not exist.
     pub fn delete_pod(&self, ns: &str, name: &str) -> bool {
         self.cluster.store().delete::<Pod>(ns, name).is_ok()
     }
