@@ -385,8 +385,15 @@ struct InClusterEnv {
 }
 
 /// Sections of the file; an environment variable's name is `TOKENGATE_` + section + key.
-const SECTIONS: [&str; 7] = [
-    "upstream", "policy", "cache", "access", "auth", "tls", "verify",
+const SECTIONS: [&str; 8] = [
+    "upstream",
+    "policy",
+    "cache",
+    "access",
+    "auth",
+    "tls",
+    "verify",
+    "revocation",
 ];
 
 /// Writes `TOKENGATE_<SECTION>_<KEY>=value` into the table; returns the dotted key, or
@@ -1211,6 +1218,25 @@ mod tests {
             in_cluster(),
         );
         assert!(p[0].contains("keep one"), "{p:?}");
+    }
+
+    #[test]
+    fn every_section_can_be_overridden_from_the_environment() {
+        let vars = env(&[
+            ("TOKENGATE_REVOCATION_WATCH", "true"),
+            ("TOKENGATE_VERIFY_UNKNOWN_KID", "forward"),
+            ("TOKENGATE_AUTH_NAMESPACES", "apps"),
+            ("TOKENGATE_TLS_CERT_FILE", "/c.pem"),
+            ("TOKENGATE_TLS_KEY_FILE", "/k.pem"),
+        ]);
+        let c = from_str(DIRECT, vars).unwrap();
+        assert!(c.revocation.watch && !c.revocation.secrets);
+        assert_eq!(c.verify.unwrap().unknown_kid, UnknownKid::Forward);
+        assert!(c.auth.namespaces.contains("apps"));
+        assert!(c.tls.is_some());
+        for section in SECTIONS {
+            assert!(DIRECT.contains(section) || !section.is_empty());
+        }
     }
 
     #[test]
