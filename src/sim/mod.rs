@@ -16,7 +16,7 @@
 //! - `tokens`: claim layouts and TokenRequest validation;
 //! - `keys`: CA, serving certificate, signing keys, JWKS;
 //! - `store`: objects and the RBAC table; `events`: the change log that watches follow;
-//! - `watch`: lists and watches over HTTP;
+//! - `watch`: lists and watches over HTTP; `query`: their parameters and `Accept`;
 //! - `api`: the routes, caller authentication, TokenReview and TokenRequest handlers;
 //! - `objects`: pods and service accounts over HTTP; `discovery`: OIDC and API discovery;
 //! - `status`: `Status` error bodies;
@@ -29,6 +29,7 @@ mod events;
 mod keys;
 mod knobs;
 mod objects;
+mod query;
 mod review;
 mod server;
 mod status;
