@@ -50,16 +50,24 @@ pub enum Failure {
     Reset,
     /// Answer 201 with a truncated JSON body.
     BadJson,
+    /// Answer 201 with a TokenReview body labelled `text/html` (a proxy's error page
+    /// would look like this).
+    WrongContentType,
+    /// Answer 201 `authenticated: true` with no `status.user`.
+    NoUser,
 }
 
 impl Failure {
     /// Parses the wire name used by `POST /sim/fail`: a status code (`"500"`, `"503"`,
-    /// `"429"`, `"504"`, any of 400–599), `"hang"`, `"reset"` or `"bad-json"`.
+    /// `"429"`, `"504"`, any of 400–599), `"hang"`, `"reset"`, `"bad-json"`,
+    /// `"wrong-content-type"` or `"no-user"`.
     pub fn parse(kind: &str) -> Option<Failure> {
         match kind {
             "hang" => Some(Failure::Hang),
             "reset" => Some(Failure::Reset),
             "bad-json" => Some(Failure::BadJson),
+            "wrong-content-type" => Some(Failure::WrongContentType),
+            "no-user" => Some(Failure::NoUser),
             code => code
                 .parse::<u16>()
                 .ok()
@@ -77,6 +85,18 @@ impl Failure {
                 [(header::CONTENT_TYPE, "application/json")],
                 // Cut mid-value, like a proxy that dropped the rest of the body.
                 r#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","metadata":{},"status":{"authenticated":tr"#,
+            )
+                .into_response(),
+            Failure::WrongContentType => (
+                StatusCode::CREATED,
+                [(header::CONTENT_TYPE, "text/html")],
+                r#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","metadata":{},"spec":{},"status":{"authenticated":false}}"#,
+            )
+                .into_response(),
+            Failure::NoUser => (
+                StatusCode::CREATED,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","metadata":{},"spec":{},"status":{"authenticated":true,"audiences":["vault"]}}"#,
             )
                 .into_response(),
             Failure::Hang => std::future::pending().await,

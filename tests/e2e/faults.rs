@@ -68,6 +68,8 @@ async fn faults_are_counted_by_kind_and_cached_verdicts_survive_them() {
         (Failure::Status(500), "status"),
         (Failure::BadJson, "bad_response"),
         (Failure::Reset, "connect"),
+        (Failure::WrongContentType, "bad_response"),
+        (Failure::NoUser, "bad_response"),
     ] {
         let token = gate.workload_token("apps", &format!("web-{kind}"), &["vault"]);
         gate.sim.fail_next(100, failure);
