@@ -1,9 +1,10 @@
-//! Micro-benchmarks of the hot path's parts: token parse + local checks, cache key
-//! derivation, cache hit lookup, TokenReview response serialisation.
+//! Micro-benchmarks of the hot path's parts: token parse + local checks, signature
+//! verification, cache key derivation, cache hit lookup, TokenReview response
+//! serialisation.
 //!
 //! Run: `cargo bench --bench micro`. The tokens are real: minted by the sim, pod-bound,
-//! for audience `vault`. Signature verification is not benchmarked: the gate does not
-//! verify signatures yet (the API server does, on a miss).
+//! for audience `vault`. Signatures: ES256 only, the algorithm the sim signs with (an
+//! RSA-keyed cluster's RS256 is not measured here).
 
 mod common;
 
@@ -11,11 +12,14 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokengate::cache::{Fetched, Purpose, Verdict, VerdictCache};
 use tokengate::config;
+use tokengate::keys::{KeySet, Verification};
 use tokengate::sim::{Sim, SimOptions};
 use tokengate::token::{self, Classified};
 
@@ -25,6 +29,9 @@ struct Fixture {
     issuers: Vec<String>,
     valid: String,
     expired: String,
+    forged: String,
+    /// The sim's JWKS document (ES256 keys: the sim signs as a cluster with EC keys does).
+    jwks: Vec<u8>,
 }
 
 fn fixture() -> Fixture {
@@ -42,14 +49,92 @@ fn fixture() -> Fixture {
         let workloads = Workloads::create(&sim, 1);
         let valid = workloads.mint(&sim, 1).remove(0);
         let expired = common::expired_copy(&sim, &valid);
+        let forged = common::forged_copy(&valid, 1);
         let issuers = vec![sim.issuer().to_owned()];
+        let jwks = get(sim.addr(), "/openid/v1/jwks").await;
         sim.shutdown().await;
         Fixture {
             issuers,
             valid,
             expired,
+            forged,
+            jwks,
         }
     })
+}
+
+/// The body of `GET path` over plain HTTP/1.0 (setup only).
+async fn get(addr: std::net::SocketAddr, path: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let start = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response")
+        + 4;
+    assert!(response.starts_with(b"HTTP/1.0 200") || response.starts_with(b"HTTP/1.1 200"));
+    response.split_off(start)
+}
+
+fn signature_benches(c: &mut Criterion) {
+    let f = fixture();
+    let keys = KeySet::from_jwks(&f.jwks).expect("the sim's JWKS loads");
+    let header = |raw: &str| match token::classify(raw, &f.issuers) {
+        Ok(Classified::ServiceAccount(t)) => t.header.clone(),
+        _ => panic!("a service-account token"),
+    };
+    let (valid_header, forged_header) = (header(&f.valid), header(&f.forged));
+    assert_eq!(valid_header.alg, "ES256");
+    assert_eq!(keys.verify(&f.valid, &valid_header), Verification::Valid);
+    assert!(matches!(
+        keys.verify(&f.forged, &forged_header),
+        Verification::Invalid(_)
+    ));
+    let mut group = c.benchmark_group("signature");
+    group.bench_function("ES256 verify (valid)", |b| {
+        b.iter(|| keys.verify(black_box(&f.valid), &valid_header))
+    });
+    group.bench_function("ES256 verify (forged)", |b| {
+        b.iter(|| keys.verify(black_box(&f.forged), &forged_header))
+    });
+    // For comparison: the same check with ring (already a dependency), straight from the
+    // JWK's coordinates. Not the gate's code: what a ring-backed `KeySet::verify` could cost.
+    let ring_key = ring_p256_key(&f.jwks, valid_header.kid.as_deref());
+    let (message, signature) = f.valid.rsplit_once('.').expect("a JWT");
+    let signature = URL_SAFE_NO_PAD.decode(signature).expect("base64url");
+    assert!(ring_key.verify(message.as_bytes(), &signature).is_ok());
+    group.bench_function("ES256 verify with ring (valid, reference)", |b| {
+        b.iter(|| {
+            let (message, signature_b64) = black_box(&f.valid).rsplit_once('.').expect("a JWT");
+            let signature = URL_SAFE_NO_PAD.decode(signature_b64).expect("base64url");
+            ring_key.verify(message.as_bytes(), &signature).is_ok()
+        })
+    });
+    group.finish();
+}
+
+/// The P-256 key `kid` of a JWKS, as ring takes it (an uncompressed point).
+fn ring_p256_key(jwks: &[u8], kid: Option<&str>) -> ring::signature::UnparsedPublicKey<Vec<u8>> {
+    let set: serde_json::Value = serde_json::from_slice(jwks).expect("JSON");
+    let jwk = set["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| kid.is_none_or(|kid| k["kid"] == kid) && k["crv"] == "P-256")
+        .expect("a P-256 key");
+    let coordinate = |name: &str| {
+        URL_SAFE_NO_PAD
+            .decode(jwk[name].as_str().expect("a coordinate"))
+            .expect("base64url")
+    };
+    let mut point = vec![4u8];
+    point.extend(coordinate("x"));
+    point.extend(coordinate("y"));
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point)
 }
 
 fn cache_config() -> config::Cache {
@@ -168,6 +253,6 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(50);
-    targets = token_benches, cache_benches, response_benches
+    targets = token_benches, signature_benches, cache_benches, response_benches
 }
 criterion_main!(micro);

@@ -104,3 +104,30 @@ pub fn expired_copy(sim: &Sim, token: &str) -> String {
     }
     sim.sign_claims(&claims)
 }
+
+/// `token` with its payload changed (a new `jti`, `n`) and its signature kept: what an
+/// attacker who holds one real token can make. Passes every claim check; only a signature
+/// check (or the API server) rejects it.
+pub fn forged_copy(token: &str, n: usize) -> String {
+    use base64::Engine as _;
+    let mut claims = claims_of(token);
+    claims["jti"] = format!("f0f0f0f0-0000-4000-8000-{n:012x}").into();
+    let mut parts = token.split('.');
+    let (header, _, signature) = (parts.next(), parts.next(), parts.next());
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&claims).expect("claims serialise"));
+    format!(
+        "{}.{payload}.{}",
+        header.expect("a JWT header"),
+        signature.expect("a JWT signature")
+    )
+}
+
+/// The objects the `i`-th verdict depends on, as `review::dependencies` names them with
+/// the revocation watch on: its service account and its pod (UIDs as in [`status_json`]).
+pub fn dependencies(i: usize) -> Vec<String> {
+    vec![
+        format!("serviceaccount:5f0c1a2e-8d3b-4c6a-9e71-{:012x}", i % 10),
+        format!("pod:a3e4b1c9-2f6d-4e8a-b5c7-{i:012x}"),
+    ]
+}
