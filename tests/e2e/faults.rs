@@ -92,20 +92,10 @@ async fn faults_are_counted_by_kind_and_cached_verdicts_survive_them() {
 #[tokio::test]
 async fn an_api_server_with_a_certificate_from_another_ca_is_never_trusted() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = tokengate::sim::Sim::start(tokengate::sim::SimOptions {
-        out_dir: Some(dir.path().to_path_buf()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = start_sim(dir.path()).await;
     // Another sim's CA: a well-formed CA that did not sign this API server's certificate.
     let other = tempfile::tempdir().unwrap();
-    let _other_sim = tokengate::sim::Sim::start(tokengate::sim::SimOptions {
-        out_dir: Some(other.path().to_path_buf()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let _other_sim = start_sim(other.path()).await;
     std::fs::copy(other.path().join("ca.crt"), dir.path().join("ca.crt")).unwrap();
     let text = tokengate::cli::dev_config(
         "127.0.0.1:0".parse().unwrap(),

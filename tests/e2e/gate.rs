@@ -434,12 +434,7 @@ async fn a_v1beta1_review_is_answered_in_v1beta1() {
 async fn readiness_waits_for_the_api_server_and_health_does_not() {
     // A gate whose API server is not there yet: healthy, not ready.
     let dir = tempfile::tempdir().unwrap();
-    let sim = tokengate::sim::Sim::start(tokengate::sim::SimOptions {
-        out_dir: Some(dir.path().to_path_buf()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = start_sim(dir.path()).await;
     let text = tokengate::cli::dev_config(
         "127.0.0.1:0".parse().unwrap(),
         "https://127.0.0.1:1",
@@ -639,12 +634,7 @@ async fn past_max_in_flight_a_review_is_refused_at_once_not_queued() {
 #[tokio::test]
 async fn the_api_server_can_be_named_by_a_kubeconfig() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = tokengate::sim::Sim::start(tokengate::sim::SimOptions {
-        out_dir: Some(dir.path().to_path_buf()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = start_sim(dir.path()).await;
     let text = format!(
         "listen = \"127.0.0.1:0\"\n[upstream]\nkubeconfig = \"{}\"\n[policy]\naudiences = [\"vault\"]\nissuers = [\"{}\"]\n[access]\nreview_callers = [\"system:serviceaccount:tokengate:tokengate-reviewer\"]\n",
         dir.path().join("kubeconfig").display(),

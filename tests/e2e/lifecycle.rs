@@ -5,20 +5,11 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{Value, json};
-use tokengate::sim::{MintRequest, Sim, SimOptions};
+use tokengate::sim::{MintRequest, Sim};
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::ChildStderr;
 
 use crate::support::*;
-
-async fn sim(dir: &std::path::Path) -> Sim {
-    Sim::start(SimOptions {
-        out_dir: Some(dir.to_path_buf()),
-        ..SimOptions::default()
-    })
-    .await
-    .unwrap()
-}
 
 fn mint(sim: &Sim, name: &str, aud: &str) -> String {
     sim.create_service_account("apps", name);
@@ -55,7 +46,7 @@ async fn log_line(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_turns_readiness_off_and_answers_every_request_in_progress() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = sim(dir.path()).await;
+    let sim = start_sim(dir.path()).await;
     let (mut child, url, _) =
         serve_process(&sim, dir.path(), &[("TOKENGATE_SHUTDOWN_DELAY", "1s")]).await;
     let reviewer = sim.reviewer_token();
@@ -107,7 +98,7 @@ async fn sigterm_turns_readiness_off_and_answers_every_request_in_progress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_policy_and_a_bad_config_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = sim(dir.path()).await;
+    let sim = start_sim(dir.path()).await;
     let (mut child, url, config) = serve_process(&sim, dir.path(), &[]).await;
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let reviewer = sim.reviewer_token();

@@ -2,7 +2,7 @@
 
 use http::{Method, StatusCode};
 use serde_json::json;
-use tokengate::sim::{Failure, Sim, SimOptions};
+use tokengate::sim::Failure;
 use tokio::io::AsyncReadExt as _;
 use tokio::process::Command;
 
@@ -61,12 +61,7 @@ fn secret_parts(token: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_at_debug_carry_decisions_and_fingerprints_but_never_a_token() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = Sim::start(SimOptions {
-        out_dir: Some(dir.path().to_path_buf()),
-        ..SimOptions::default()
-    })
-    .await
-    .unwrap();
+    let sim = start_sim(dir.path()).await;
     let (mut child, url, _) =
         serve_process(&sim, dir.path(), &[("TOKENGATE_UPSTREAM_TIMEOUT", "1s")]).await;
 

@@ -215,12 +215,7 @@ async fn evictions(gate: &TestGate) -> u64 {
 #[tokio::test]
 async fn without_the_permission_the_gate_runs_on_with_the_cap_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = tokengate::sim::Sim::start(tokengate::sim::SimOptions {
-        out_dir: Some(dir.path().to_path_buf()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = start_sim(dir.path()).await;
     sim.deny_watch(true);
     let gate = spawn_gate_for(sim, dir, &WATCH).await;
     let token = gate.workload_token("apps", "web", &["vault"]);

@@ -167,12 +167,7 @@ async fn tokens_of_a_rotated_key_verify_after_one_refresh_and_old_ones_still_do(
 #[tokio::test]
 async fn with_discovery_down_at_start_the_gate_is_not_ready_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = tokengate::sim::Sim::start(tokengate::sim::SimOptions {
-        out_dir: Some(dir.path().to_path_buf()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = start_sim(dir.path()).await;
     sim.set_discovery_available(false);
     let text = tokengate::cli::dev_config(
         "127.0.0.1:0".parse().unwrap(),

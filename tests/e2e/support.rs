@@ -25,6 +25,16 @@ pub struct TestGate {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// Starts a sim on port 0 that writes its CA, reviewer token and kubeconfig into `dir`.
+pub async fn start_sim(dir: &Path) -> Sim {
+    Sim::start(SimOptions {
+        out_dir: Some(dir.to_path_buf()),
+        ..SimOptions::default()
+    })
+    .await
+    .expect("the sim starts")
+}
+
 /// Starts a sim and a gate in front of it, with the gate's config overridden by
 /// `env` (`TOKENGATE_…` pairs, exactly as an operator would set them).
 pub async fn spawn_gate(env: &[(&str, &str)]) -> TestGate {
@@ -60,12 +70,7 @@ pub async fn spawn_gate_with_clock(
     clock: Arc<dyn tokengate::review::Clock>,
 ) -> TestGate {
     let dir = tempfile::tempdir().unwrap();
-    let sim = Sim::start(SimOptions {
-        out_dir: Some(dir.path().to_path_buf()),
-        ..SimOptions::default()
-    })
-    .await
-    .expect("the sim starts");
+    let sim = start_sim(dir.path()).await;
     let gate = start(sim, dir, env, None, clock).await;
     gate.wait_ready().await;
     gate.authenticate_reviewer().await;
@@ -84,12 +89,7 @@ pub async fn spawn_https_gate(env: &[(&str, &str)]) -> TestGate {
         ("TOKENGATE_TLS_CERT_FILE", cert.as_str()),
         ("TOKENGATE_TLS_KEY_FILE", key.as_str()),
     ]);
-    let sim = Sim::start(SimOptions {
-        out_dir: Some(dir.path().to_path_buf()),
-        ..SimOptions::default()
-    })
-    .await
-    .expect("the sim starts");
+    let sim = start_sim(dir.path()).await;
     let mut gate = start(
         sim,
         dir,
