@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use base64::Engine as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use ring::signature::{self, VerificationAlgorithm};
 use tokio::time::Instant;
 
 use crate::config::KeySource;
@@ -76,14 +77,15 @@ enum Family {
 }
 
 impl Family {
-    /// The algorithm to verify `alg` with, if this key may verify it at all.
-    fn algorithm(self, alg: &str) -> Option<Result<Algorithm, String>> {
+    /// ring's algorithm to verify `alg` with, if this key may verify it at all.
+    fn algorithm(self, alg: &str) -> Option<Result<&'static dyn VerificationAlgorithm, String>> {
         match (self, alg) {
-            (Family::Rsa, "RS256") => Some(Ok(Algorithm::RS256)),
-            (Family::Rsa, "RS384") => Some(Ok(Algorithm::RS384)),
-            (Family::Rsa, "RS512") => Some(Ok(Algorithm::RS512)),
-            (Family::P256, "ES256") => Some(Ok(Algorithm::ES256)),
-            (Family::P384, "ES384") => Some(Ok(Algorithm::ES384)),
+            (Family::Rsa, "RS256") => Some(Ok(&signature::RSA_PKCS1_2048_8192_SHA256)),
+            (Family::Rsa, "RS384") => Some(Ok(&signature::RSA_PKCS1_2048_8192_SHA384)),
+            (Family::Rsa, "RS512") => Some(Ok(&signature::RSA_PKCS1_2048_8192_SHA512)),
+            // JWS carries ECDSA signatures as fixed-width r || s.
+            (Family::P256, "ES256") => Some(Ok(&signature::ECDSA_P256_SHA256_FIXED)),
+            (Family::P384, "ES384") => Some(Ok(&signature::ECDSA_P384_SHA384_FIXED)),
             (Family::P521, "ES512") => {
                 Some(Err("ES512 (P-521) signatures cannot be checked here".into()))
             }
@@ -104,7 +106,9 @@ impl Family {
 struct Key {
     kid: Option<String>,
     family: Family,
-    decoding: Option<DecodingKey>,
+    /// The public key as ring takes it: a PKCS#1 RSAPublicKey or an uncompressed EC
+    /// point. `None` for a key ring cannot use (P-521).
+    public: Option<Vec<u8>>,
 }
 
 /// One loaded set of keys.
@@ -159,16 +163,10 @@ impl KeySet {
                         path.display()
                     ))
                 })?;
-                let decoding = match family {
-                    Family::Rsa => {
-                        DecodingKey::from_rsa_der(spki_key_bits(&der).unwrap_or_default())
-                    }
-                    _ => DecodingKey::from_ec_der(spki_key_bits(&der).unwrap_or_default()),
-                };
                 keys.push(Key {
                     kid: Some(kid_of_spki(&der)),
                     family,
-                    decoding: Some(decoding),
+                    public: spki_key_bits(&der).map(<[u8]>::to_vec),
                 });
                 found = true;
             }
@@ -193,6 +191,13 @@ impl KeySet {
         let Some((message, signature)) = raw.rsplit_once('.') else {
             return Verification::Invalid("the token has no signature".into());
         };
+        let Ok(signature) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature)
+        else {
+            // Go's decoder would ignore non-zero trailing bits; no issuer writes them.
+            return Verification::Invalid(
+                "invalid signature: the signature is not canonical base64url".into(),
+            );
+        };
         let candidates: Vec<&Key> = match &header.kid {
             Some(kid) => self
                 .keys
@@ -213,12 +218,11 @@ impl KeySet {
                 None => wrong_family = Some(key.family),
                 Some(Err(why)) => return Verification::Unverifiable(why),
                 Some(Ok(alg)) => {
-                    let Some(decoding) = &key.decoding else {
+                    let Some(public) = &key.public else {
                         continue;
                     };
-                    if jsonwebtoken::crypto::verify(signature, message.as_bytes(), decoding, alg)
-                        .unwrap_or(false)
-                    {
+                    let key = signature::UnparsedPublicKey::new(alg, public);
+                    if key.verify(message.as_bytes(), &signature).is_ok() {
                         return Verification::Valid;
                     }
                 }
@@ -249,23 +253,73 @@ fn key_from_jwk(jwk: &Jwk) -> Option<Key> {
         },
         _ => return None,
     };
-    // P-521 keys cannot be loaded by the crypto library; kept so their tokens are
-    // recognised (and left to the API server) rather than taken for unknown.
-    let decoding = DecodingKey::from_jwk(jwk).ok();
-    if decoding.is_none() && family != Family::P521 {
-        return None;
-    }
+    let b64 = |s: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()
+    };
+    let public = match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => Some(rsa_public_key_der(&b64(&rsa.n)?, &b64(&rsa.e)?)),
+        // P-521 keys cannot be used by ring; kept so their tokens are recognised (and
+        // left to the API server) rather than taken for unknown.
+        AlgorithmParameters::EllipticCurve(_) if family == Family::P521 => None,
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let (x, y) = (b64(&ec.x)?, b64(&ec.y)?);
+            let width = if family == Family::P256 { 32 } else { 48 };
+            if x.len() != width || y.len() != width {
+                return None;
+            }
+            Some([&[0x04][..], &x, &y].concat())
+        }
+        _ => return None,
+    };
     Some(Key {
         kid: jwk.common.key_id.clone(),
         family,
-        decoding,
+        public,
     })
+}
+
+/// A PKCS#1 RSAPublicKey (`SEQUENCE { INTEGER n, INTEGER e }`), DER, from big-endian parts.
+fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
+    fn integer(bytes: &[u8]) -> Vec<u8> {
+        let bytes = match bytes.iter().position(|b| *b != 0) {
+            Some(i) => &bytes[i..],
+            None => &[0][..],
+        };
+        // A leading 1 bit would read as negative: pad with a zero byte.
+        let mut content = if bytes[0] & 0x80 != 0 {
+            vec![0]
+        } else {
+            Vec::new()
+        };
+        content.extend_from_slice(bytes);
+        der_tlv(0x02, &content)
+    }
+    der_tlv(0x30, &[integer(n), integer(e)].concat())
+}
+
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
 }
 
 /// The API server's `kid` for a public key: base64url (no padding) of the SHA-256 of
 /// its DER SubjectPublicKeyInfo.
 pub fn kid_of_spki(spki_der: &[u8]) -> String {
-    use base64::Engine as _;
     let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
 }
@@ -322,7 +376,7 @@ fn spki_family(der: &[u8]) -> Option<Family> {
 }
 
 /// The subjectPublicKey BIT STRING's content of a DER SubjectPublicKeyInfo (what
-/// `DecodingKey::from_{rsa,ec}_der` take: the PKCS#1 RSA key, or the EC point).
+/// ring verifies with: the PKCS#1 RSA key, or the EC point).
 fn spki_key_bits(der: &[u8]) -> Option<&[u8]> {
     // SEQUENCE { SEQUENCE algorithm, BIT STRING key }
     let (_, body) = der_element(der, 0x30)?;
@@ -518,8 +572,7 @@ fn read(path: &Path) -> Result<Vec<u8>, KeysError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
-    use jsonwebtoken::EncodingKey;
+    use jsonwebtoken::{Algorithm, EncodingKey};
     use rcgen::PublicKeyData as _;
 
     const RSA_PRIVATE: &str = include_str!("../tests/fixtures/rsa-test-key.pem");
@@ -633,6 +686,39 @@ mod tests {
     }
 
     #[test]
+    fn rsa_keys_from_a_jwks_verify_rs256() {
+        let der = &pem_blocks(RSA_PUBLIC.as_bytes())[0].1;
+        let pkcs1 = spki_key_bits(der).unwrap();
+        let (_, body) = der_element(pkcs1, 0x30).unwrap();
+        let (rest, n) = der_element(body, 0x02).unwrap();
+        let (_, e) = der_element(rest, 0x02).unwrap();
+        let strip = |b: &[u8]| {
+            b.iter()
+                .skip_while(|x| **x == 0)
+                .copied()
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(
+            rsa_public_key_der(&strip(n), &strip(e)),
+            pkcs1,
+            "DER rebuilt exactly"
+        );
+        let doc = serde_json::json!({"keys": [{"kty": "RSA", "kid": "r1", "n": b64(&strip(n)), "e": b64(&strip(e))}]});
+        let set = KeySet::from_jwks(doc.to_string().as_bytes()).unwrap();
+        let signer = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
+        let token = sign(r#"{"alg":"RS256","kid":"r1"}"#, &signer, Algorithm::RS256);
+        assert_eq!(
+            set.verify(&token, &header("RS256", Some("r1"))),
+            Verification::Valid
+        );
+        let tampered = format!("{}x", &token[..token.len() - 1]);
+        assert!(matches!(
+            set.verify(&tampered, &header("RS256", Some("r1"))),
+            Verification::Invalid(_)
+        ));
+    }
+
+    #[test]
     fn ec_pem_keys_verify_too() {
         let ec = ec_key();
         let dir = tempfile::tempdir().unwrap();
@@ -677,7 +763,7 @@ mod tests {
     fn a_p521_key_is_recognised_but_left_to_the_api_server() {
         let doc = br#"{"keys":[{"kty":"EC","crv":"P-521","kid":"k521","x":"AQ","y":"AQ"}]}"#;
         let set = KeySet::from_jwks(doc).unwrap();
-        let v = set.verify("a.b.c", &header("ES512", Some("k521")));
+        let v = set.verify("a.b.c2ln", &header("ES512", Some("k521")));
         assert!(matches!(v, Verification::Unverifiable(_)), "{v:?}");
     }
 }
