@@ -9,10 +9,9 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::authentication::v1::UserInfo;
-
 use crate::config::{Access, AccessMode};
 use crate::upstream::{Upstream, UpstreamError};
+use crate::user::User;
 
 /// Callers kept in the SubjectAccessReview answer cache at most.
 const MAX_CACHED_CALLERS: u64 = 10_000;
@@ -40,11 +39,9 @@ impl CallerAccess {
     }
 
     /// `Ok(Ok(()))`: allowed; `Ok(Err(reason))`: refused; `Err`: cannot tell now.
-    pub async fn check(&self, user: &UserInfo) -> Result<Result<(), String>, UpstreamError> {
-        let username = user.username.as_deref().unwrap_or_default();
-        let groups = user.groups.as_deref().unwrap_or_default();
+    pub async fn check(&self, user: &User) -> Result<Result<(), String>, UpstreamError> {
         match self.access.mode {
-            AccessMode::AllowList => Ok(if self.access.allows(username, groups) {
+            AccessMode::AllowList => Ok(if self.access.allows(user.username(), user.groups()) {
                 Ok(())
             } else {
                 Err("not in access.review_callers".into())
@@ -56,7 +53,10 @@ impl CallerAccess {
                 if let Some(answer) = self.answers.get(&key) {
                     return Ok(answer);
                 }
-                let answer = self.upstream.may_review_tokens(user).await?;
+                let answer = self
+                    .upstream
+                    .may_review_tokens(&user.to_user_info())
+                    .await?;
                 self.answers.insert(key, answer.clone());
                 Ok(answer)
             }

@@ -4,32 +4,33 @@
 //! never the token (HMAC-SHA256 with a random per-process key over length-prefixed parts,
 //! so no two different inputs share a key and nobody without the key can compute one);
 //! keeping verdicts no longer than the deadline they were stored with (checked against
-//! the caller's clock on every read, and reclaimed by moka at the same time); keeping
-//! negative verdicts in a cache of their own, so a flood of bad tokens can only evict
-//! other bad tokens; and making concurrent misses of one key share one fetch that runs
-//! in its own task, so no caller's disconnect cancels it.
+//! the caller's clock on every read; [`VerdictCache::sweep`] reclaims the expired);
+//! keeping negative verdicts in a cache of their own, so a flood of bad tokens can only
+//! evict other bad tokens; and making concurrent misses of one key share one fetch that
+//! runs in its own task, so no caller's disconnect cancels it.
 //!
 //! Not responsible for: deciding how long a verdict may live (see `review::lifetime`).
 //!
-//! Uses `moka::sync::Cache` rather than the future cache: its reads never wait on I/O,
-//! and being synchronous they can run under the in-flight lock, which closes the window
-//! between "not cached" and "nobody is fetching it".
+//! Uses `quick_cache`'s sync cache: a read never waits on I/O, so it can run under the
+//! in-flight lock, which closes the window between "not cached" and "nobody is fetching
+//! it"; and its entries cost little more than the key and value themselves (a million
+//! verdicts must fit in half a gigabyte, see BENCHMARKS.md). Its eviction is S3-FIFO
+//! (scan resistant), bounded by the configured entry counts; expiry is ours.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
-use k8s_openapi::api::authentication::v1::UserInfo;
 use ring::hmac;
 
 use crate::config;
 use crate::metrics::{CacheKind, EvictionCause, Metrics};
 use crate::upstream::UpstreamError;
-use moka::notification::RemovalCause;
+use crate::user::User;
 
 /// A cache key: HMAC-SHA256 of the token, the audiences and the purpose.
 pub type Key = [u8; 32];
@@ -40,9 +41,10 @@ pub struct Verdict {
     /// Whether the token is valid for the requested audiences.
     pub authenticated: bool,
     /// Whose token it is, as the API server said (only when authenticated).
-    pub user: Option<UserInfo>,
-    /// The audiences the token is valid for, as the API server said.
-    pub audiences: Vec<String>,
+    pub user: Option<User>,
+    /// The audiences the token is valid for, as the API server said (shared between
+    /// verdicts: see `user::audiences`).
+    pub audiences: Arc<[String]>,
     /// Why not (only when not authenticated); never contains the token.
     pub error: String,
 }
@@ -98,34 +100,74 @@ impl Fetched {
     }
 }
 
+/// A time as milliseconds since the epoch (0 before it): eight bytes instead of sixteen,
+/// in an entry a million of which must fit in 512 MB.
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 #[derive(Clone)]
 struct Entry {
     verdict: Arc<Verdict>,
-    expires_at: SystemTime,
-    ttl: Duration,
-    capped_at: Option<SystemTime>,
-    depends_on: Arc<[String]>,
+    /// The deadline, in [`millis`].
+    expires_at: u64,
+    /// `Fetched::capped_at` in [`millis`]; `u64::MAX` when there is none.
+    capped_at: u64,
+    depends_on: Option<Arc<[String]>>,
+}
+
+impl Entry {
+    /// Whether it may be served at `now` (in [`millis`]).
+    fn is_live(&self, now: u64, watch_healthy: bool) -> bool {
+        now < self.expires_at && (now < self.capped_at || watch_healthy)
+    }
 }
 
 /// Which cached verdicts depend on which object.
 type Dependents = Arc<Mutex<HashMap<String, HashSet<Key>>>>;
 
-struct EntryExpiry;
-
-impl moka::Expiry<Key, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _: &Key, entry: &Entry, _: Instant) -> Option<Duration> {
-        Some(entry.ttl)
-    }
-    fn expire_after_update(
-        &self,
-        _: &Key,
-        entry: &Entry,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.ttl)
+/// Takes an entry that left the cache out of the dependency index.
+fn forget(dependents: &Dependents, key: &Key, entry: &Entry) {
+    let Some(depends_on) = &entry.depends_on else {
+        return;
+    };
+    let mut dependents = dependents.lock().unwrap_or_else(PoisonError::into_inner);
+    for dependency in depends_on.iter() {
+        if let Some(keys) = dependents.get_mut(dependency) {
+            keys.remove(key);
+            if keys.is_empty() {
+                dependents.remove(dependency);
+            }
+        }
     }
 }
+
+/// What happens when the cache evicts an entry to make room: counted, and forgotten by
+/// the dependency index. (A replaced entry is not evicted: its successor is indexed.)
+#[derive(Clone)]
+struct Evictions {
+    kind: CacheKind,
+    metrics: Arc<Metrics>,
+    dependents: Dependents,
+}
+
+impl quick_cache::Lifecycle<Key, Entry> for Evictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), key: Key, entry: Entry) {
+        self.metrics.cache_eviction(self.kind, EvictionCause::Size);
+        forget(&self.dependents, &key, &entry);
+    }
+}
+
+type Store = quick_cache::sync::Cache<
+    Key,
+    Entry,
+    quick_cache::UnitWeighter,
+    quick_cache::DefaultHashBuilder,
+    Evictions,
+>;
 
 type Outcome = Result<Arc<Verdict>, UpstreamError>;
 type Pending = Shared<BoxFuture<'static, Outcome>>;
@@ -133,10 +175,11 @@ type Pending = Shared<BoxFuture<'static, Outcome>>;
 /// The verdict cache. Share it behind an `Arc`.
 pub struct VerdictCache {
     hmac_key: hmac::Key,
-    positive: moka::sync::Cache<Key, Entry>,
-    negative: moka::sync::Cache<Key, Entry>,
+    positive: Store,
+    negative: Store,
     in_flight: Mutex<HashMap<Key, Pending>>,
     dependents: Dependents,
+    metrics: Arc<Metrics>,
     /// Whether the revocation watch is healthy (set by `revocation`).
     watch_healthy: AtomicBool,
     /// Counts revocations, so a fetch can tell one happened while it waited.
@@ -156,34 +199,18 @@ impl VerdictCache {
             hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("the OS random source works");
         let dependents = Dependents::default();
         let build = |capacity: u64, kind: CacheKind| {
-            let metrics = Arc::clone(&metrics);
-            let dependents = Arc::clone(&dependents);
-            moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(EntryExpiry)
-                .eviction_listener(move |key: Arc<Key>, entry: Entry, cause| {
-                    match cause {
-                        RemovalCause::Expired => {
-                            metrics.cache_eviction(kind, EvictionCause::Expired)
-                        }
-                        RemovalCause::Size => metrics.cache_eviction(kind, EvictionCause::Size),
-                        RemovalCause::Explicit | RemovalCause::Replaced => {}
-                    }
-                    // A replaced entry's key is tracked again by its successor.
-                    if cause != RemovalCause::Replaced && !entry.depends_on.is_empty() {
-                        let mut dependents =
-                            dependents.lock().unwrap_or_else(PoisonError::into_inner);
-                        for dependency in entry.depends_on.iter() {
-                            if let Some(keys) = dependents.get_mut(dependency) {
-                                keys.remove(&*key);
-                                if keys.is_empty() {
-                                    dependents.remove(dependency);
-                                }
-                            }
-                        }
-                    }
-                })
-                .build()
+            let items = usize::try_from(capacity).unwrap_or(usize::MAX);
+            Store::with(
+                items,
+                capacity,
+                quick_cache::UnitWeighter,
+                quick_cache::DefaultHashBuilder::default(),
+                Evictions {
+                    kind,
+                    metrics: Arc::clone(&metrics),
+                    dependents: Arc::clone(&dependents),
+                },
+            )
         };
         VerdictCache {
             hmac_key,
@@ -191,6 +218,7 @@ impl VerdictCache {
             negative: build(cfg.negative_max_entries, CacheKind::Negative),
             in_flight: Mutex::new(HashMap::new()),
             dependents,
+            metrics,
             watch_healthy: AtomicBool::new(false),
             revocations: AtomicU64::new(0),
         }
@@ -214,17 +242,21 @@ impl VerdictCache {
 
     /// The cached verdict for `key`, if there is one that is still valid at `now`.
     pub fn get(&self, key: &Key, now: SystemTime) -> Option<Arc<Verdict>> {
-        let entry = self.positive.get(key).or_else(|| self.negative.get(key))?;
-        if now >= entry.expires_at {
-            return None;
+        let (kind, store, entry) = match self.positive.get(key) {
+            Some(entry) => (CacheKind::Positive, &self.positive, entry),
+            None => (CacheKind::Negative, &self.negative, self.negative.get(key)?),
+        };
+        let now = millis(now);
+        if entry.is_live(now, self.is_watch_healthy()) {
+            return Some(entry.verdict);
         }
-        if let Some(cap) = entry.capped_at
-            && now >= cap
-            && !self.watch_healthy.load(Ordering::Relaxed)
+        if now >= entry.expires_at
+            && let Some((key, entry)) = store.remove(key)
         {
-            return None;
+            self.metrics.cache_eviction(kind, EvictionCause::Expired);
+            forget(&self.dependents, &key, &entry);
         }
-        Some(entry.verdict)
+        None
     }
 
     /// Stores a fetched verdict (nothing when its ttl is zero).
@@ -234,10 +266,9 @@ impl VerdictCache {
         }
         let entry = Entry {
             verdict: fetched.verdict.clone(),
-            expires_at: fetched.expires_at,
-            ttl: fetched.ttl,
-            capped_at: fetched.capped_at,
-            depends_on: fetched.depends_on.clone().into(),
+            expires_at: millis(fetched.expires_at),
+            capped_at: fetched.capped_at.map_or(u64::MAX, millis),
+            depends_on: (!fetched.depends_on.is_empty()).then(|| fetched.depends_on.clone().into()),
         };
         if !fetched.depends_on.is_empty() {
             let mut dependents = self
@@ -251,20 +282,41 @@ impl VerdictCache {
                     .insert(key);
             }
         }
-        if fetched.verdict.authenticated {
-            self.negative.invalidate(&key);
-            self.positive.insert(key, entry);
+        let (into, out_of) = if fetched.verdict.authenticated {
+            (&self.positive, &self.negative)
         } else {
-            self.positive.invalidate(&key);
-            self.negative.insert(key, entry);
+            (&self.negative, &self.positive)
+        };
+        if let Some((key, old)) = out_of.remove(&key) {
+            forget(&self.dependents, &key, &old);
         }
+        into.insert(key, entry);
     }
 
-    /// The number of (positive, negative) verdicts held, after pending maintenance.
+    /// The number of (positive, negative) verdicts held, expired ones not yet swept
+    /// included.
     pub fn len(&self) -> (u64, u64) {
-        self.positive.run_pending_tasks();
-        self.negative.run_pending_tasks();
-        (self.positive.entry_count(), self.negative.entry_count())
+        (self.positive.len() as u64, self.negative.len() as u64)
+    }
+
+    /// Drops every verdict expired at `now`, so the memory and the entry counts are those
+    /// of live verdicts. Unswept, an expired verdict is never served and is among the
+    /// first evicted; the gate sweeps every minute.
+    pub fn sweep(&self, now: SystemTime) {
+        let now = millis(now);
+        for (store, kind) in [
+            (&self.positive, CacheKind::Positive),
+            (&self.negative, CacheKind::Negative),
+        ] {
+            store.retain(|key, entry| {
+                let expired = now >= entry.expires_at;
+                if expired {
+                    self.metrics.cache_eviction(kind, EvictionCause::Expired);
+                    forget(&self.dependents, key, entry);
+                }
+                !expired
+            });
+        }
     }
 
     /// Evicts every verdict that depends on `dependency` (an object that was deleted);
@@ -278,7 +330,9 @@ impl VerdictCache {
             .remove(dependency)
             .unwrap_or_default();
         for key in &keys {
-            self.positive.invalidate(key);
+            if let Some((key, entry)) = self.positive.remove(key) {
+                forget(&self.dependents, &key, &entry);
+            }
         }
         keys.len()
     }
@@ -309,8 +363,12 @@ impl VerdictCache {
 
     /// Drops every verdict (a policy change makes them stale).
     pub fn clear(&self) {
-        self.positive.invalidate_all();
-        self.negative.invalidate_all();
+        self.positive.clear();
+        self.negative.clear();
+        self.dependents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Whether the cache holds no verdict.
@@ -582,6 +640,35 @@ mod tests {
         assert_eq!(cache.revoke("serviceaccount:s1"), 1, "a is gone already");
         assert!(cache.get(&b, now).is_none());
         assert_eq!(cache.revoke("pod:nobody"), 0);
+    }
+
+    #[test]
+    fn sweeping_drops_expired_verdicts_and_their_place_in_the_dependency_index() {
+        let cache = VerdictCache::new(&cfg(10, 10));
+        let now = SystemTime::now();
+        let (a, b) = (
+            cache.key("a", &aud("vault"), Purpose::Review),
+            cache.key("b", &aud("vault"), Purpose::Review),
+        );
+        cache.insert(a, &tracked(60, now, &["pod:p1"], None));
+        cache.insert(b, &tracked(600, now, &["pod:p2"], None));
+        cache.sweep(now + Duration::from_secs(120));
+        assert_eq!(cache.len(), (1, 0));
+        assert_eq!(cache.dependencies("pod:"), ["pod:p2"]);
+        assert!(cache.get(&b, now).is_some());
+    }
+
+    #[test]
+    fn a_verdict_evicted_for_room_leaves_the_dependency_index_too() {
+        let cache = VerdictCache::new(&cfg(64, 10));
+        let now = SystemTime::now();
+        for i in 0..1_000 {
+            let key = cache.key(&format!("t{i}"), &aud("vault"), Purpose::Review);
+            cache.insert(key, &tracked(600, now, &[&format!("pod:p{i}")], None));
+        }
+        let (held, _) = cache.len();
+        assert!(held <= 64, "{held} held");
+        assert_eq!(cache.dependencies("pod:").len() as u64, held);
     }
 
     #[test]

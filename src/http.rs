@@ -9,6 +9,7 @@
 //!
 //! Not responsible for: deciding anything about a token (see `review`).
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,17 +22,18 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Status};
-use serde::Deserialize;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
+use serde::{Deserialize, Serialize};
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
+use crate::cache::Verdict;
 use crate::config::Limits;
 pub use crate::gate::AppState;
 use crate::metrics::{CacheKind, Endpoint, Outcome};
 use crate::review::Decision;
 use crate::upstream::UpstreamError;
+use crate::user::User;
 
 /// The largest request body read (a TokenReview is about 1–2 KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -227,14 +229,124 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// A TokenReview as callers send it: either API version, `kind` checked by hand.
+/// A TokenReview as callers send it: either API version, `kind` checked by hand. The
+/// token is borrowed from the body (unless it has JSON escapes), not copied.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReviewRequest {
-    api_version: Option<String>,
-    kind: Option<String>,
+struct ReviewRequest<'a> {
+    #[serde(borrow)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Option<Cow<'a, str>>,
     #[serde(default)]
-    spec: TokenReviewSpec,
+    spec: ReviewSpec<'a>,
+}
+
+/// A TokenReview's `spec`, read from the request and echoed in the answer as the API
+/// server echoes it (k8s-openapi's `TokenReviewSpec`, the token borrowed).
+#[derive(Debug, Serialize, Default)]
+pub struct ReviewSpec<'a> {
+    /// The audiences asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audiences: Option<Vec<String>>,
+    /// The token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Cow<'a, str>>,
+}
+
+/// Read as k8s-openapi (and Go's `encoding/json`) reads a `TokenReviewSpec`: an object
+/// only, unknown fields ignored, the last of duplicate fields winning.
+impl<'de: 'a, 'a> Deserialize<'de> for ReviewSpec<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Spec;
+        impl<'de> serde::de::Visitor<'de> for Spec {
+            type Value = ReviewSpec<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a TokenReviewSpec object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut spec = ReviewSpec::default();
+                while let Some(Text(key)) = map.next_key()? {
+                    match &*key {
+                        "audiences" => spec.audiences = map.next_value()?,
+                        "token" => spec.token = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0),
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(spec)
+            }
+        }
+        d.deserialize_map(Spec)
+    }
+}
+
+/// A JSON string, borrowed from the input unless it has escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Str;
+        impl<'de> serde::de::Visitor<'de> for Str {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(Str)
+    }
+}
+
+/// A TokenReview answer, written as k8s-openapi writes a `TokenReview` (fields in its
+/// order) from the request's spec and the verdict, neither of them copied: a cache hit
+/// costs no allocation but the body's.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewAnswer<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+    metadata: EmptyObject,
+    spec: &'a ReviewSpec<'a>,
+    status: StatusAnswer<'a>,
+}
+
+#[derive(Serialize)]
+struct StatusAnswer<'a> {
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    audiences: &'a [String],
+    authenticated: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    error: &'a str,
+    /// The API server always sends `user`, empty when unauthenticated.
+    #[serde(serialize_with = "user_or_empty")]
+    user: Option<&'a User>,
+}
+
+fn user_or_empty<S: serde::Serializer>(user: &Option<&User>, s: S) -> Result<S::Ok, S::Error> {
+    match user {
+        Some(user) => user.serialize(s),
+        None => EmptyObject.serialize(s),
+    }
+}
+
+/// `{}`.
+struct EmptyObject;
+
+impl Serialize for EmptyObject {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        s.serialize_map(Some(0))?.end()
+    }
 }
 
 async fn token_review(
@@ -269,7 +381,7 @@ async fn answer_review(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
         _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
     })?;
-    let request: ReviewRequest = serde_json::from_slice(&body)
+    let request: ReviewRequest<'_> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not a TokenReview: {e}")))?;
     let api_version = match request.api_version.as_deref() {
         None | Some(V1) => V1,
@@ -302,7 +414,7 @@ async fn answer_review(
     record_decision(&decision);
     let authenticated = decision.verdict.authenticated;
     Ok((
-        review_response(api_version, request.spec, &decision),
+        review_response(api_version, &request.spec, &decision),
         authenticated,
     ))
 }
@@ -324,12 +436,14 @@ async fn authorize_caller(state: &AppState, headers: &HeaderMap) -> Result<(), A
     if !decision.verdict.authenticated {
         return Err(ApiError::Unauthorized);
     }
-    let user = decision.verdict.user.clone().unwrap_or_default();
-    match state.access().check(&user).await? {
+    let Some(user) = decision.verdict.user.as_ref() else {
+        return Err(ApiError::Unauthorized);
+    };
+    match state.access().check(user).await? {
         Ok(()) => Ok(()),
         Err(why) => Err(ApiError::Forbidden(format!(
             "tokenreviews.authentication.k8s.io is forbidden: User {:?} cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope: {why}",
-            user.username.unwrap_or_default()
+            user.username()
         ))),
     }
 }
@@ -342,28 +456,29 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-fn review_response(api_version: &str, spec: TokenReviewSpec, decision: &Decision) -> Response {
-    let v = &decision.verdict;
-    let review = TokenReview {
-        metadata: ObjectMeta::default(),
-        spec,
-        status: Some(TokenReviewStatus {
-            authenticated: Some(v.authenticated),
-            // The API server always sends `user`, empty when unauthenticated.
-            user: Some(v.user.clone().unwrap_or_default()),
-            audiences: (!v.audiences.is_empty()).then(|| v.audiences.clone()),
-            error: (!v.error.is_empty()).then(|| v.error.clone()),
-        }),
-    };
-    let body = if api_version == V1 {
-        serde_json::to_vec(&review)
-    } else {
-        let mut value = serde_json::to_value(&review).expect("a TokenReview serialises");
-        value["apiVersion"] = api_version.into();
-        serde_json::to_vec(&value)
-    }
-    .expect("a TokenReview serialises");
+fn review_response(api_version: &str, spec: &ReviewSpec<'_>, decision: &Decision) -> Response {
+    let body = review_body(api_version, spec, &decision.verdict);
     json_response(StatusCode::CREATED, body)
+}
+
+/// The body of the TokenReview answer to `spec`: the spec echoed, the verdict as `status`.
+pub fn review_body(api_version: &str, spec: &ReviewSpec<'_>, v: &Verdict) -> Vec<u8> {
+    let answer = ReviewAnswer {
+        api_version,
+        kind: "TokenReview",
+        metadata: EmptyObject,
+        spec,
+        status: StatusAnswer {
+            audiences: &v.audiences,
+            authenticated: v.authenticated,
+            error: &v.error,
+            user: v.user.as_ref(),
+        },
+    };
+    let token_len = spec.token.as_ref().map_or(0, |t| t.len());
+    let mut body = Vec::with_capacity(token_len + 1024);
+    serde_json::to_writer(&mut body, &answer).expect("a TokenReview serialises");
+    body
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {

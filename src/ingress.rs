@@ -14,10 +14,10 @@
 
 use std::sync::Arc;
 
+use crate::user::User;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::api::authentication::v1::UserInfo;
 
 use crate::config::AuthPolicy;
 use crate::http::{AppState, bearer, record_decision};
@@ -65,12 +65,17 @@ async fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> (Response, 
     if !verdict.authenticated {
         return (challenge(Some(&verdict.error)), Outcome::Rejected);
     }
-    let user = verdict.user.as_ref().cloned().unwrap_or_default();
-    if let Err(why) = state.auth().allows(&user) {
+    let Some(user) = verdict.user.as_ref() else {
+        return (
+            challenge(Some("the API server named no user")),
+            Outcome::Rejected,
+        );
+    };
+    if let Err(why) = state.auth().allows(user) {
         let response = (StatusCode::FORBIDDEN, format!("{why}\n"));
         return (response.into_response(), Outcome::Rejected);
     }
-    match identity_headers(&user) {
+    match identity_headers(user) {
         Some(headers) => (
             (StatusCode::OK, headers, "ok\n").into_response(),
             Outcome::Authenticated,
@@ -122,17 +127,20 @@ fn description(text: &str) -> String {
 }
 
 /// The authenticating-proxy headers for `user`, or `None` if a value cannot be a header.
-pub fn identity_headers(user: &UserInfo) -> Option<HeaderMap> {
+pub fn identity_headers(user: &User) -> Option<HeaderMap> {
     let mut headers = HeaderMap::new();
     let value = |s: &str| HeaderValue::from_bytes(s.as_bytes()).ok();
-    headers.insert("x-remote-user", value(user.username.as_deref()?)?);
-    if let Some(uid) = user.uid.as_deref().filter(|u| !u.is_empty()) {
-        headers.insert("x-remote-uid", value(uid)?);
+    if user.username().is_empty() {
+        return None;
     }
-    for group in user.groups.iter().flatten() {
+    headers.insert("x-remote-user", value(user.username())?);
+    if !user.uid().is_empty() {
+        headers.insert("x-remote-uid", value(user.uid())?);
+    }
+    for group in user.groups() {
         headers.append("x-remote-group", value(group)?);
     }
-    for (key, values) in user.extra.iter().flatten() {
+    for (key, values) in user.extra().iter() {
         let name = HeaderName::from_bytes(format!("x-remote-extra-{}", escape_key(key)).as_bytes())
             .ok()?;
         for v in values {
@@ -161,21 +169,17 @@ impl AuthPolicy {
     /// Whether `/auth` lets this user through: with no list configured, any authenticated
     /// token; otherwise a listed user, a member of a listed group, or a service account of
     /// a listed namespace.
-    pub fn allows(&self, user: &UserInfo) -> Result<(), String> {
+    pub fn allows(&self, user: &User) -> Result<(), String> {
         if self.users.is_empty() && self.groups.is_empty() && self.namespaces.is_empty() {
             return Ok(());
         }
-        let username = user.username.as_deref().unwrap_or_default();
+        let username = user.username();
         let namespace = username
             .strip_prefix("system:serviceaccount:")
             .and_then(|rest| rest.split_once(':'))
             .map(|(ns, _)| ns);
         let allowed = self.users.contains(username)
-            || user
-                .groups
-                .iter()
-                .flatten()
-                .any(|g| self.groups.contains(g))
+            || user.groups().any(|g| self.groups.contains(g))
             || namespace.is_some_and(|ns| self.namespaces.contains(ns));
         if allowed {
             Ok(())
@@ -192,8 +196,8 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn user() -> UserInfo {
-        UserInfo {
+    fn user() -> User {
+        User::from(k8s_openapi::api::authentication::v1::UserInfo {
             username: Some("system:serviceaccount:apps:web".into()),
             uid: Some("sa-1".into()),
             groups: Some(vec![
@@ -210,7 +214,7 @@ mod tests {
                     vec!["JTI=1".to_string()],
                 ),
             ])),
-        }
+        })
     }
 
     #[test]

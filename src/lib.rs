@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! http  ──▶  review  ──▶  token    (parse + local checks: pure, no I/O, `now` passed in)
-//!                    ──▶  cache    (moka; keyed hash; TTL ≤ exp; coalesced misses)
+//!                    ──▶  cache    (quick_cache; keyed hash; TTL ≤ exp; coalesced misses)
 //!                    ──▶  upstream (the API server: TokenReview, reviewer credential)
 //! ```
 //!
@@ -32,6 +32,7 @@ pub mod sim;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod user;
 
 pub use gate::{AppState, BuildError, Gate, build, build_with_clock, run};
 pub use http::router;

@@ -22,6 +22,7 @@ use crate::keys::{Keys, Verification};
 use crate::metrics::{Metrics, RejectionClass};
 use crate::token::{self, Classified, Kind, Rejection, ServiceAccountToken};
 use crate::upstream::{Upstream, UpstreamError};
+use crate::user::{self, User};
 
 /// Where time comes from. Injected so tests can move it.
 pub trait Clock: Send + Sync {
@@ -102,7 +103,7 @@ fn offline_verdict(e: &Expectation) -> Option<Verdict> {
     extra.insert(OFFLINE_EXTRA.to_string(), vec!["true".to_string()]);
     Some(Verdict {
         authenticated: true,
-        user: Some(UserInfo {
+        user: Some(User::from(UserInfo {
             username: Some(t.username()),
             uid: Some(c.service_account.uid.clone()),
             groups: Some(vec![
@@ -111,8 +112,8 @@ fn offline_verdict(e: &Expectation) -> Option<Verdict> {
                 "system:authenticated".into(),
             ]),
             extra: Some(extra),
-        }),
-        audiences: audiences.clone(),
+        })),
+        audiences: user::audiences(audiences.clone()),
         error: String::new(),
     })
 }
@@ -279,6 +280,11 @@ impl Reviewer {
         &self.cache
     }
 
+    /// Drops the verdicts expired by now (the gate does so every minute).
+    pub fn sweep_cache(&self) {
+        self.cache.sweep(self.clock.now());
+    }
+
     /// Reviews a workload's token for `audiences` (non-empty: the caller resolves the default).
     pub async fn review(
         &self,
@@ -318,8 +324,16 @@ impl Reviewer {
         let mut expectation = match local_checks(&settings.policy, token, audiences, purpose, now) {
             Ok(e) => e,
             Err(rejection) => {
+                // A token that is expired, malformed or for other audiences stays so: keep
+                // the answer like the API server's "no", so a repeat costs a lookup. One
+                // that is not valid *yet* will be, so it is checked afresh each time.
+                let not_yet = matches!(
+                    rejection,
+                    Rejection::NotYetValid { .. } | Rejection::IssuedInTheFuture { .. }
+                );
+                let keep = (!not_yet).then_some((now, settings.lifetimes.negative_ttl));
                 let verdict = Verdict::denied(rejection.to_string());
-                return Ok(self.local_rejection(key, verdict, class(&rejection), None));
+                return Ok(self.local_rejection(key, verdict, class(&rejection), keep));
             }
         };
         if let (Some(keys), Some((parsed, _))) = (&self.keys, &expectation.token) {
@@ -560,23 +574,12 @@ fn dependencies(verdict: &Verdict, e: &Expectation) -> Vec<String> {
     let Some(user) = verdict.user.as_ref().filter(|_| verdict.authenticated) else {
         return out;
     };
-    let is_service_account = user
-        .username
-        .as_deref()
-        .is_some_and(|u| u.starts_with("system:serviceaccount:"));
-    if let Some(uid) = user
-        .uid
-        .as_deref()
-        .filter(|u| is_service_account && !u.is_empty())
-    {
-        out.push(format!("serviceaccount:{uid}"));
+    let is_service_account = user.username().starts_with("system:serviceaccount:");
+    if is_service_account && !user.uid().is_empty() {
+        out.push(format!("serviceaccount:{}", user.uid()));
     }
-    if let Some(pods) = user
-        .extra
-        .as_ref()
-        .and_then(|x| x.get("authentication.kubernetes.io/pod-uid"))
-    {
-        out.extend(pods.iter().map(|uid| format!("pod:{uid}")));
+    if let Some(pods) = user.extra().get("authentication.kubernetes.io/pod-uid") {
+        out.extend(pods.map(|uid| format!("pod:{uid}")));
     }
     if let Some((t, _)) = e.token.as_ref().filter(|_| e.legacy)
         && let Some(secret) = &t.claims.secret
@@ -633,8 +636,8 @@ fn judge(
     // `status.error` stays empty on a "yes": Vault, Istio and SPIRE take any text as failure.
     Ok(Verdict {
         authenticated: true,
-        user: Some(user),
-        audiences,
+        user: Some(User::from(user)),
+        audiences: user::audiences(audiences),
         error: String::new(),
     })
 }
@@ -744,7 +747,7 @@ mod tests {
         .unwrap();
         assert!(v.authenticated);
         assert!(v.error.is_empty());
-        assert_eq!(v.audiences, s(&["vault"]));
+        assert_eq!(&*v.audiences, s(&["vault"]));
     }
 
     #[test]

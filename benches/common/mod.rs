@@ -77,8 +77,8 @@ pub fn realistic_verdict(i: usize) -> Arc<Verdict> {
         serde_json::from_str(&status_json(i)).expect("the status template is valid JSON");
     Arc::new(Verdict {
         authenticated: true,
-        user: status.user,
-        audiences: status.audiences.unwrap_or_default(),
+        user: status.user.map(tokengate::user::User::from),
+        audiences: tokengate::user::audiences(status.audiences.unwrap_or_default()),
         error: String::new(),
     })
 }

@@ -176,6 +176,34 @@ async fn hopeless_tokens_are_rejected_locally_without_calling_the_api_server() {
 }
 
 #[tokio::test]
+async fn an_expired_token_is_rejected_from_the_cache_again_but_a_not_yet_valid_one_is_checked_afresh()
+ {
+    let gate = spawn_gate(&[]).await;
+    let uid = gate.sim.create_service_account("apps", "web");
+    let t = now();
+    let signed = |from: i64, to: i64| {
+        gate.sim
+            .sign_claims(&claims(&gate, "apps", "web", &uid, &["vault"], from, to))
+    };
+    let (expired, not_yet) = (signed(t - 7200, t - 3600), signed(t + 600, t + 3600));
+    for _ in 0..3 {
+        for (token, reason) in [(&expired, "has expired"), (&not_yet, "is not valid yet")] {
+            let (_, review) = gate.review(token, None).await;
+            assert!(error(&review).contains(reason), "{review}");
+        }
+    }
+    let (_, _, text) = gate.call(http::Method::GET, "/metrics", None).await;
+    for needle in [
+        // The expired token's rejection was kept (negative_ttl) and served twice more.
+        r#"tokengate_local_rejections_total{reason="expired"} 1"#,
+        // The not-yet-valid one will become valid: never kept.
+        r#"tokengate_local_rejections_total{reason="not_yet_valid"} 3"#,
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+}
+
+#[tokio::test]
 async fn a_hundred_concurrent_requests_for_a_fresh_token_make_one_upstream_call() {
     let gate = std::sync::Arc::new(spawn_gate(&[]).await);
     gate.sim.set_latency(Duration::from_millis(200));
