@@ -549,7 +549,16 @@ async fn start_servers(baseline_body: Arc<std::sync::OnceLock<Bytes>>) -> Server
         .layer(axum::extract::DefaultBodyLimit::max(
             tokengate::http::MAX_BODY_BYTES,
         ));
-    tokio::spawn(async move { axum::serve(listener, layered_app).await });
+    // Served as the gate serves (`http::serve`: hyper's HTTP/1 with a header-read timer,
+    // a connection bound, graceful shutdown), not by `axum::serve`.
+    let limits = config.limits;
+    tokio::spawn(tokengate::http::serve(
+        listener,
+        None,
+        limits,
+        layered_app,
+        std::future::pending(),
+    ));
     tokio::spawn(async move { axum::serve(listener_plain, app).await });
 
     let mut roots = rustls::RootCertStore::empty();
@@ -876,7 +885,7 @@ fn main() {
             .await;
             keep(&mut runs.baseline, run);
             let run = drive(
-                "baseline + the gate's middleware",
+                "baseline + the gate's middleware and server",
                 &layered,
                 cached_pool(),
                 conns,

@@ -212,10 +212,7 @@ fn fetched(verdict: Arc<Verdict>, now: SystemTime) -> Fetched {
 fn response_benches(c: &mut Criterion) {
     let f = fixture();
     let verdict = common::realistic_verdict(1);
-    let spec = ReviewSpec {
-        token: Some(f.valid.as_str().into()),
-        audiences: Some(vec![AUDIENCE.to_owned()]),
-    };
+    let spec = ReviewSpec::new(&f.valid, Some(vec![AUDIENCE.to_owned()]));
     const V1: &str = "authentication.k8s.io/v1";
     let bytes = http::review_body(V1, &spec, &verdict);
     println!("TokenReview response: {} bytes", bytes.len());
@@ -228,6 +225,101 @@ fn response_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// Whole requests through the gate's router in-process (no sockets): what the gate adds
+/// per request over the least axum handler can do, without HTTP parsing and the kernel.
+fn router_benches(c: &mut Criterion) {
+    use axum::body::{Body, Bytes};
+    use axum::http::{Request, StatusCode, header};
+    use tower::ServiceExt as _;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (router, sim, token, caller) = rt.block_on(async {
+        let sim = Sim::start(SimOptions {
+            out_dir: Some(dir.path().to_owned()),
+            ..SimOptions::default()
+        })
+        .await
+        .expect("the sim starts");
+        let workloads = Workloads::create(&sim, 1);
+        let token = workloads.mint(&sim, 1).remove(0);
+        let addr = "127.0.0.1:1".parse().expect("an address");
+        let text = tokengate::cli::dev_config(addr, &sim.url(), dir.path(), sim.issuer());
+        let config = tokengate::config::from_str(&text, Vec::<(String, String)>::new())
+            .expect("the dev configuration is valid");
+        let built = tokengate::build(&config).await.expect("the gate builds");
+        let upstream = built.state.reviewer.upstream();
+        upstream.probe_until_ready(Duration::from_millis(50)).await;
+        let caller = sim.reviewer_token();
+        (
+            http::router(std::sync::Arc::clone(&built.state)),
+            sim,
+            token,
+            caller,
+        )
+    });
+    let body = serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token, "audiences": [AUDIENCE]},
+    }))
+    .expect("JSON");
+    let review = || {
+        Request::post("/review")
+            .header(header::AUTHORIZATION, format!("Bearer {caller}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.clone()))
+            .expect("a request")
+    };
+    let auth = || {
+        Request::get("/auth?audience=vault")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("a request")
+    };
+    let call = |router: &axum::Router, request: Request<Body>| {
+        let router = router.clone();
+        async move {
+            let response = router.oneshot(request).await.expect("infallible");
+            axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .expect("a body")
+        }
+    };
+    // Warm: the caller's token and the reviewed one are cached from here on.
+    let answer = rt.block_on(call(&router, review()));
+    assert!(answer.windows(20).any(|w| w == br#""authenticated":true"#));
+    let baseline = axum::Router::new().route(
+        "/review",
+        axum::routing::post(move |_body: Bytes| {
+            let answer = answer.clone();
+            async move {
+                (
+                    StatusCode::CREATED,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    answer,
+                )
+            }
+        }),
+    );
+    let mut group = c.benchmark_group("router");
+    group.bench_function("baseline: axum handler answering fixed bytes", |b| {
+        b.to_async(&rt).iter(|| call(&baseline, review()))
+    });
+    group.bench_function("cached POST /review", |b| {
+        b.to_async(&rt).iter(|| call(&router, review()))
+    });
+    group.bench_function("cached GET /auth", |b| {
+        b.to_async(&rt).iter(|| call(&router, auth()))
+    });
+    group.finish();
+    rt.block_on(sim.shutdown());
+}
+
 criterion_group! {
     name = micro;
     // Short runs: the machine has 2 shared cores and others build on it.
@@ -235,6 +327,6 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(50);
-    targets = token_benches, signature_benches, cache_benches, response_benches
+    targets = token_benches, signature_benches, cache_benches, response_benches, router_benches
 }
 criterion_main!(micro);

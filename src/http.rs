@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
@@ -243,15 +244,38 @@ struct ReviewRequest<'a> {
 }
 
 /// A TokenReview's `spec`, read from the request and echoed in the answer as the API
-/// server echoes it (k8s-openapi's `TokenReviewSpec`, the token borrowed).
+/// server echoes it (k8s-openapi's `TokenReviewSpec`).
 #[derive(Debug, Serialize, Default)]
 pub struct ReviewSpec<'a> {
     /// The audiences asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audiences: Option<Vec<String>>,
-    /// The token.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<Cow<'a, str>>,
+    /// The token as the request's JSON spelt it, echoed as it came: the same string,
+    /// copied rather than escaped again (a token is most of an answer's bytes).
+    #[serde(rename = "token", skip_serializing_if = "Option::is_none")]
+    token_json: Option<Cow<'a, RawValue>>,
+    /// The token, borrowed from the request unless its JSON had escapes.
+    #[serde(skip)]
+    token: Option<Cow<'a, str>>,
+}
+
+impl ReviewSpec<'_> {
+    /// A spec asking about `token` for `audiences`.
+    pub fn new(token: &str, audiences: Option<Vec<String>>) -> ReviewSpec<'static> {
+        let json = serde_json::to_string(token).expect("a string serialises");
+        ReviewSpec {
+            audiences,
+            token_json: Some(Cow::Owned(
+                RawValue::from_string(json).expect("a JSON string"),
+            )),
+            token: Some(Cow::Owned(token.to_owned())),
+        }
+    }
+
+    /// The token asked about.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
 }
 
 /// Read as k8s-openapi (and Go's `encoding/json`) reads a `TokenReviewSpec`: an object
@@ -269,10 +293,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for ReviewSpec<'a> {
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
                 let mut spec = ReviewSpec::default();
-                while let Some(Text(key)) = map.next_key()? {
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     match &*key {
                         "audiences" => spec.audiences = map.next_value()?,
-                        "token" => spec.token = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0),
+                        "token" => {
+                            let json: Option<&'de RawValue> = map.next_value()?;
+                            spec.token = json.map(string_of).transpose()?;
+                            spec.token_json = json.map(Cow::Borrowed);
+                        }
                         _ => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                         }
@@ -281,29 +309,21 @@ impl<'de: 'a, 'a> Deserialize<'de> for ReviewSpec<'a> {
                 Ok(spec)
             }
         }
-        d.deserialize_map(Spec)
-    }
-}
-
-/// A JSON string, borrowed from the input unless it has escapes.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Str;
-        impl<'de> serde::de::Visitor<'de> for Str {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
+        /// The string a JSON value spells, borrowed when it needs no unescaping.
+        fn string_of<E: serde::de::Error>(json: &RawValue) -> Result<Cow<'_, str>, E> {
+            let text = json.get();
+            match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                Some(plain) if !plain.contains('\\') => Ok(Cow::Borrowed(plain)),
+                Some(_) => serde_json::from_str(text)
+                    .map(Cow::Owned)
+                    .map_err(|e| E::custom(format!("spec.token: {e}"))),
+                None => Err(E::invalid_type(
+                    serde::de::Unexpected::Other("a JSON value that is not a string"),
+                    &"a string",
+                )),
             }
         }
-        d.deserialize_str(Str)
+        d.deserialize_map(Spec)
     }
 }
 
@@ -397,7 +417,7 @@ async fn answer_review(
             "kind {kind:?} is not a TokenReview"
         )));
     }
-    let token = request.spec.token.as_deref().unwrap_or_default();
+    let token = request.spec.token().unwrap_or_default();
     if token.is_empty() {
         return Err(ApiError::BadRequest(
             "token is required for TokenReview in authentication".into(),
@@ -475,7 +495,7 @@ pub fn review_body(api_version: &str, spec: &ReviewSpec<'_>, v: &Verdict) -> Vec
             user: v.user.as_ref(),
         },
     };
-    let token_len = spec.token.as_ref().map_or(0, |t| t.len());
+    let token_len = spec.token_json.as_ref().map_or(0, |t| t.get().len());
     let mut body = Vec::with_capacity(token_len + 1024);
     serde_json::to_writer(&mut body, &answer).expect("a TokenReview serialises");
     body

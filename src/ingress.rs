@@ -12,7 +12,7 @@
 //!
 //! Not responsible for: the decision itself (see `review`).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use crate::user::User;
 use axum::extract::State;
@@ -128,7 +128,7 @@ fn description(text: &str) -> String {
 
 /// The authenticating-proxy headers for `user`, or `None` if a value cannot be a header.
 pub fn identity_headers(user: &User) -> Option<HeaderMap> {
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(2 + user.groups().len() + 4);
     let value = |s: &str| HeaderValue::from_bytes(s.as_bytes()).ok();
     if user.username().is_empty() {
         return None;
@@ -141,14 +141,34 @@ pub fn identity_headers(user: &User) -> Option<HeaderMap> {
         headers.append("x-remote-group", value(group)?);
     }
     for (key, values) in user.extra().iter() {
-        let name = HeaderName::from_bytes(format!("x-remote-extra-{}", escape_key(key)).as_bytes())
-            .ok()?;
+        let name = match KNOWN_EXTRA_HEADERS.iter().find(|(k, _)| *k == key) {
+            Some((_, name)) => name.clone(),
+            None => extra_header(key)?,
+        };
         for v in values {
             headers.append(name.clone(), value(v)?);
         }
     }
     Some(headers)
 }
+
+/// The header name that carries the values of extra `key`.
+fn extra_header(key: &str) -> Option<HeaderName> {
+    HeaderName::from_bytes(format!("x-remote-extra-{}", escape_key(key)).as_bytes()).ok()
+}
+
+/// The header names of the extra keys the API server sets, made once.
+static KNOWN_EXTRA_HEADERS: LazyLock<Vec<(&str, HeaderName)>> = LazyLock::new(|| {
+    crate::user::KNOWN_KEYS
+        .iter()
+        .map(|k| {
+            (
+                *k,
+                extra_header(k).expect("a well-known key makes a header name"),
+            )
+        })
+        .collect()
+});
 
 /// Percent-encodes an extra key for a header name. Kubernetes reads the name back with
 /// `url.PathUnescape` (and lower-cases it), so every byte but the unreserved ones is

@@ -168,7 +168,7 @@ impl Serialize for User {
 
 /// The extra keys the API server sets on service-account tokens (and the one tokengate
 /// sets offline), each stored as its index in one byte.
-const KNOWN_KEYS: [&str; 6] = [
+pub(crate) const KNOWN_KEYS: [&str; 6] = [
     "authentication.kubernetes.io/credential-id",
     "authentication.kubernetes.io/node-name",
     "authentication.kubernetes.io/node-uid",
