@@ -15,10 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -369,12 +368,11 @@ impl Serialize for EmptyObject {
     }
 }
 
-async fn token_review(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = answer_review(&state, &headers, body).await;
+async fn token_review(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    // Taken apart rather than extracted: the headers are read in place, not copied, and
+    // the body is read only once the caller is authorized.
+    let (parts, body) = request.into_parts();
+    let result = answer_review(&state, &parts.headers, body).await;
     let outcome = match &result {
         Ok((_, true)) => Outcome::Authenticated,
         Ok((_, false)) => Outcome::Rejected,
@@ -394,13 +392,19 @@ async fn token_review(
 async fn answer_review(
     state: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(Response, bool), ApiError> {
     authorize_caller(state, headers).await?;
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
-        _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
-    })?;
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let e = e.into_inner();
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::TooLarge
+            } else {
+                ApiError::BadRequest(format!("cannot read the request body: {e}"))
+            }
+        })?;
     let request: ReviewRequest<'_> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not a TokenReview: {e}")))?;
     let api_version = match request.api_version.as_deref() {
