@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the hot path's parts: token parse + local checks, signature
 //! verification, cache key derivation, cache hit lookup, TokenReview response
-//! serialisation.
+//! serialisation; and whole cached requests through the router in-process, against an
+//! axum handler answering fixed bytes.
 //!
 //! Run: `cargo bench --bench micro`. The tokens are real: minted by the sim, pod-bound,
 //! for audience `vault`. Signatures: ES256 only, the algorithm the sim signs with (an
@@ -12,8 +13,6 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokengate::cache::{Fetched, Purpose, Verdict, VerdictCache};
 use tokengate::config;
@@ -100,40 +99,7 @@ fn signature_benches(c: &mut Criterion) {
     group.bench_function("ES256 verify (forged)", |b| {
         b.iter(|| keys.verify(black_box(&f.forged), &forged_header))
     });
-    // For comparison: the same check with ring (already a dependency), straight from the
-    // JWK's coordinates. Not the gate's code: what a ring-backed `KeySet::verify` could cost.
-    let ring_key = ring_p256_key(&f.jwks, valid_header.kid.as_deref());
-    let (message, signature) = f.valid.rsplit_once('.').expect("a JWT");
-    let signature = URL_SAFE_NO_PAD.decode(signature).expect("base64url");
-    assert!(ring_key.verify(message.as_bytes(), &signature).is_ok());
-    group.bench_function("ES256 verify with ring (valid, reference)", |b| {
-        b.iter(|| {
-            let (message, signature_b64) = black_box(&f.valid).rsplit_once('.').expect("a JWT");
-            let signature = URL_SAFE_NO_PAD.decode(signature_b64).expect("base64url");
-            ring_key.verify(message.as_bytes(), &signature).is_ok()
-        })
-    });
     group.finish();
-}
-
-/// The P-256 key `kid` of a JWKS, as ring takes it (an uncompressed point).
-fn ring_p256_key(jwks: &[u8], kid: Option<&str>) -> ring::signature::UnparsedPublicKey<Vec<u8>> {
-    let set: serde_json::Value = serde_json::from_slice(jwks).expect("JSON");
-    let jwk = set["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .find(|k| kid.is_none_or(|kid| k["kid"] == kid) && k["crv"] == "P-256")
-        .expect("a P-256 key");
-    let coordinate = |name: &str| {
-        URL_SAFE_NO_PAD
-            .decode(jwk[name].as_str().expect("a coordinate"))
-            .expect("base64url")
-    };
-    let mut point = vec![4u8];
-    point.extend(coordinate("x"));
-    point.extend(coordinate("y"));
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point)
 }
 
 fn cache_config() -> config::Cache {
