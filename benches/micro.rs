@@ -16,10 +16,11 @@ use std::time::{Duration, SystemTime};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokengate::cache::{Fetched, Purpose, Verdict, VerdictCache};
 use tokengate::config;
-use tokengate::http::{self, ReviewSpec};
+use tokengate::http;
 use tokengate::keys::{KeySet, Verification};
 use tokengate::sim::{Sim, SimOptions};
 use tokengate::token::{self, Classified};
+use tokengate::wire::{self, ReviewSpec};
 
 use common::{AUDIENCE, Workloads};
 
@@ -180,14 +181,13 @@ fn response_benches(c: &mut Criterion) {
     let verdict = common::realistic_verdict(1);
     let spec = ReviewSpec::new(&f.valid, Some(vec![AUDIENCE.to_owned()]));
     const V1: &str = "authentication.k8s.io/v1";
-    let bytes = http::review_body(V1, &spec, &verdict);
+    let bytes = wire::answer(V1, &spec, &verdict);
     println!("TokenReview response: {} bytes", bytes.len());
 
     let mut group = c.benchmark_group("response");
-    group.bench_function(
-        "TokenReview answer to JSON bytes (http::review_body)",
-        |b| b.iter(|| http::review_body(V1, black_box(&spec), black_box(&verdict))),
-    );
+    group.bench_function("TokenReview answer to JSON bytes (wire::answer)", |b| {
+        b.iter(|| wire::answer(V1, black_box(&spec), black_box(&verdict)))
+    });
     group.finish();
 }
 

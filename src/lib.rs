@@ -11,7 +11,9 @@
 //!                    ──▶  upstream (the API server: TokenReview, reviewer credential)
 //! ```
 //!
-//! `ingress` answers the `/auth` hook of nginx, Traefik and Envoy. `config` turns the file and environment into a validated [`config::Config`]; `cli`
+//! `ingress` answers the `/auth` hook of nginx, Traefik and Envoy; `wire` reads and
+//! writes TokenReviews as the API server does; `user` keeps a verdict's identity in
+//! little memory. `config` turns the file and environment into a validated [`config::Config`]; `cli`
 //! is the command line; `sim` is a small, faithful API server used by `tokengate dev`,
 //! the tests and the benches. `gate` ties them together: the entry points are [`build`]
 //! and [`run`].
@@ -33,6 +35,7 @@ pub mod tls;
 pub mod token;
 pub mod upstream;
 pub mod user;
+pub mod wire;
 
 pub use gate::{AppState, BuildError, Gate, build, build_with_clock, run};
 pub use http::router;
