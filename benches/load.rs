@@ -1,8 +1,10 @@
 //! The load benchmark: a real gate in front of a real sim on loopback, driven by a
 //! closed-loop load generator, against a baseline measured in the same run.
 //!
-//! Run: `cargo bench --bench load` (release build). Settings, by environment:
-//! `TOKENGATE_BENCH_SECS` (measured seconds per case, default 3; each case also warms
+//! Run: `cargo bench --bench load` (release build). `cargo test --all-targets` runs it once
+//! without `--bench`, as a smoke test at toy sizes that measures nothing. Settings, by
+//! environment:
+//! `TOKENGATE_BENCH_SECS` (measured seconds per case, default 2; each case also warms
 //! up for a sixth of that), `TOKENGATE_BENCH_CONNS` (keep-alive connections, default
 //! 64), `TOKENGATE_BENCH_VERDICTS` (verdicts for the memory figure, default 1,000,000),
 //! `TOKENGATE_BENCH_MISS_TOKENS` (fresh tokens minted per miss case, default 30,000),
@@ -73,7 +75,11 @@ impl Settings {
             .is_none_or(|cases| cases.iter().any(|c| c == case))
     }
 
-    fn from_env() -> Settings {
+    /// From the environment; `smoke` (a `cargo test` run, which runs every bench target
+    /// once without `--bench`) makes every default small, so that the test suite checks
+    /// the bench still works in seconds and measures nothing.
+    fn from_env(smoke: bool) -> Settings {
+        let scale = |full: usize, small: usize| if smoke { small } else { full };
         fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
             match std::env::var(name) {
                 Ok(v) => v
@@ -82,7 +88,7 @@ impl Settings {
                 Err(_) => default,
             }
         }
-        let secs: f64 = var("TOKENGATE_BENCH_SECS", 2.0);
+        let secs: f64 = var("TOKENGATE_BENCH_SECS", if smoke { 0.2 } else { 2.0 });
         assert!(
             (0.1..=60.0).contains(&secs),
             "TOKENGATE_BENCH_SECS must be 0.1..=60"
@@ -90,11 +96,11 @@ impl Settings {
         Settings {
             measure: Duration::from_secs_f64(secs),
             warmup: Duration::from_secs_f64(secs / 6.0),
-            conns: var("TOKENGATE_BENCH_CONNS", 64),
-            verdicts: var("TOKENGATE_BENCH_VERDICTS", 1_000_000),
-            miss_tokens: var("TOKENGATE_BENCH_MISS_TOKENS", 30_000),
-            forged_tokens: var("TOKENGATE_BENCH_FORGED_TOKENS", 60_000),
-            rounds: var("TOKENGATE_BENCH_ROUNDS", 3),
+            conns: var("TOKENGATE_BENCH_CONNS", scale(64, 8)),
+            verdicts: var("TOKENGATE_BENCH_VERDICTS", scale(1_000_000, 10_000)),
+            miss_tokens: var("TOKENGATE_BENCH_MISS_TOKENS", scale(30_000, 200)),
+            forged_tokens: var("TOKENGATE_BENCH_FORGED_TOKENS", scale(60_000, 200)),
+            rounds: var("TOKENGATE_BENCH_ROUNDS", scale(3, 1)),
             cases: std::env::var("TOKENGATE_BENCH_CASES")
                 .ok()
                 .map(|v| v.split(',').map(|c| c.trim().to_owned()).collect()),
@@ -738,10 +744,17 @@ struct Audit {
 }
 
 fn main() {
-    let settings = Settings::from_env();
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this once without.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let settings = Settings::from_env(smoke);
     if let Ok(mode) = std::env::var(MEMORY_CHILD) {
         memory_child(&mode, settings.verdicts);
         return;
+    }
+    if smoke {
+        eprintln!(
+            "smoke run (no --bench): every size small, nothing measured; `cargo bench --bench load` measures"
+        );
     }
     let servers_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1058,6 +1071,9 @@ fn main() {
     });
 
     println!("{}", render(&settings, &report, &audits, memory.as_ref()));
+    if smoke {
+        println!("smoke run: toy sizes and a test build, so PASS and MISS above mean nothing");
+    }
     drop(s);
     servers_rt.shutdown_timeout(Duration::from_secs(1));
     load_rt.shutdown_timeout(Duration::from_secs(1));
