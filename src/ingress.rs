@@ -75,11 +75,11 @@ async fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> (Response, 
         let response = (StatusCode::FORBIDDEN, format!("{why}\n"));
         return (response.into_response(), Outcome::Rejected);
     }
-    match identity_headers(user) {
-        Some(headers) => (
-            (StatusCode::OK, headers, "ok\n").into_response(),
-            Outcome::Authenticated,
-        ),
+    // The headers go straight into the response's own map: built apart and merged, each
+    // would be hashed twice.
+    let mut response = (StatusCode::OK, "ok\n").into_response();
+    match add_identity_headers(user, response.headers_mut()) {
+        Some(()) => (response, Outcome::Authenticated),
         None => (
             (
                 StatusCode::FORBIDDEN,
@@ -126,9 +126,10 @@ fn description(text: &str) -> String {
         .collect()
 }
 
-/// The authenticating-proxy headers for `user`, or `None` if a value cannot be a header.
-pub fn identity_headers(user: &User) -> Option<HeaderMap> {
-    let mut headers = HeaderMap::with_capacity(2 + user.groups().len() + 4);
+/// Adds the authenticating-proxy headers for `user` to `headers`; `None` if a value
+/// cannot be a header (then some may have been added).
+pub fn add_identity_headers(user: &User, headers: &mut HeaderMap) -> Option<()> {
+    headers.reserve(2 + user.groups().len() + 4);
     let value = |s: &str| HeaderValue::from_bytes(s.as_bytes()).ok();
     if user.username().is_empty() {
         return None;
@@ -149,7 +150,7 @@ pub fn identity_headers(user: &User) -> Option<HeaderMap> {
             headers.append(name.clone(), value(v)?);
         }
     }
-    Some(headers)
+    Some(())
 }
 
 /// The header name that carries the values of extra `key`.
@@ -239,7 +240,8 @@ mod tests {
 
     #[test]
     fn identity_goes_into_the_authenticating_proxy_headers() {
-        let h = identity_headers(&user()).unwrap();
+        let mut h = HeaderMap::new();
+        add_identity_headers(&user(), &mut h).unwrap();
         assert_eq!(h["x-remote-user"], "system:serviceaccount:apps:web");
         assert_eq!(h["x-remote-uid"], "sa-1");
         let groups: Vec<_> = h.get_all("x-remote-group").iter().collect();
