@@ -144,7 +144,8 @@ fn forget(dependents: &Dependents, key: &Key, entry: &Entry) {
 }
 
 /// What happens when the cache evicts an entry to make room: counted, and forgotten by
-/// the dependency index. (A replaced entry is not evicted: its successor is indexed.)
+/// the dependency index. (quick_cache calls this for a replaced value too, so
+/// [`VerdictCache::insert`] removes a key's old entry before it stores the new one.)
 #[derive(Clone)]
 struct Evictions {
     kind: CacheKind,
@@ -263,8 +264,9 @@ impl VerdictCache {
         if entry.is_live(now, self.is_watch_healthy()) {
             return Some(entry.verdict);
         }
+        // Only if still expired: a fresh verdict may have replaced it meanwhile.
         if now >= entry.expires_at
-            && let Some((key, entry)) = store.remove(key)
+            && let Some((key, entry)) = store.remove_if(key, |e| now >= e.expires_at)
         {
             self.metrics.cache_eviction(kind, EvictionCause::Expired);
             forget(&self.dependents, &key, &entry);
@@ -283,6 +285,14 @@ impl VerdictCache {
             capped_at: fetched.capped_at.map_or(u64::MAX, millis),
             depends_on: (!fetched.depends_on.is_empty()).then(|| fetched.depends_on.clone().into()),
         };
+        // Whatever the key held goes first, taken out of the index: quick_cache reports a
+        // replaced value to the eviction hook, which would otherwise take the new
+        // entry's key out of the index after it was put in.
+        for store in [&self.positive, &self.negative] {
+            if let Some((key, old)) = store.remove(&key) {
+                forget(&self.dependents, &key, &old);
+            }
+        }
         if !fetched.depends_on.is_empty() {
             let mut dependents = self
                 .dependents
@@ -295,14 +305,11 @@ impl VerdictCache {
                     .insert(key);
             }
         }
-        let (into, out_of) = if fetched.verdict.authenticated {
-            (&self.positive, &self.negative)
+        let into = if fetched.verdict.authenticated {
+            &self.positive
         } else {
-            (&self.negative, &self.positive)
+            &self.negative
         };
-        if let Some((key, old)) = out_of.remove(&key) {
-            forget(&self.dependents, &key, &old);
-        }
         into.insert(key, entry);
     }
 
@@ -682,6 +689,19 @@ mod tests {
         let (held, _) = cache.len();
         assert!(held < 200, "{held} held");
         assert_eq!(cache.dependencies("pod:").len() as u64, held);
+    }
+
+    #[test]
+    fn a_verdict_stored_again_for_the_same_key_stays_revocable() {
+        let cache = VerdictCache::new(&cfg(10, 10));
+        let now = SystemTime::now();
+        let key = cache.key("t", &aud("vault"), Purpose::Review);
+        cache.insert(key, &tracked(600, now, &["pod:p"], None));
+        // Fetched again (say, after its max_ttl cap while the watch was down).
+        cache.insert(key, &tracked(600, now, &["pod:p"], None));
+        assert_eq!(cache.dependencies("pod:"), ["pod:p"]);
+        assert_eq!(cache.revoke("pod:p"), 1);
+        assert!(cache.get(&key, now).is_none());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The TokenReview wire format, as the API server reads and writes it.
 //!
-//! Responsible for: reading a TokenReview request as k8s-openapi and Go's
+//! Responsible for: reading a TokenReview request's `spec` as k8s-openapi and Go's
 //! `encoding/json` read it (an object, unknown fields ignored, the last of duplicate
-//! fields winning), with the token borrowed from the body; and writing the answer in
+//! fields winning; Go's case-insensitive key matching is not followed), with the token
+//! borrowed from the body; and writing the answer in
 //! k8s-openapi's field order from borrowed parts: the request's spec (the token's JSON
 //! copied as it came) and the shared verdict.
 //!
@@ -34,7 +35,7 @@ pub struct ReviewRequest<'a> {
 
 /// A TokenReview's `spec`, read from the request and echoed in the answer as the API
 /// server echoes it (k8s-openapi's `TokenReviewSpec`).
-#[derive(Debug, Serialize, Default)]
+#[derive(Serialize, Default)]
 pub struct ReviewSpec<'a> {
     /// The audiences asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,6 +47,16 @@ pub struct ReviewSpec<'a> {
     /// The token, borrowed from the request unless its JSON had escapes.
     #[serde(skip)]
     token: Option<Cow<'a, str>>,
+}
+
+/// Never shows the token.
+impl std::fmt::Debug for ReviewSpec<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReviewSpec")
+            .field("audiences", &self.audiences)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 impl ReviewSpec<'_> {
