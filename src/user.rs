@@ -25,7 +25,7 @@ const IDENTITIES_KEPT: usize = 65_536;
 const AUDIENCES_KEPT: usize = 1_024;
 
 /// The parts of a user that every token of one service account shares.
-#[derive(Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 struct Identity {
     username: Box<str>,
     uid: Box<str>,
@@ -118,18 +118,8 @@ impl From<UserInfo> for User {
         };
         let extra = user.extra.unwrap_or_default();
         User {
-            identity: intern(&IDENTITIES, &identity, || Arc::new(identity.clone_boxed())),
+            identity: intern(&IDENTITIES, &identity, || Arc::new(identity.clone())),
             extra: Extra::encode(extra.iter().map(|(k, v)| (k.as_str(), v.as_slice()))),
-        }
-    }
-}
-
-impl Identity {
-    fn clone_boxed(&self) -> Identity {
-        Identity {
-            username: self.username.clone(),
-            uid: self.uid.clone(),
-            groups: self.groups.clone(),
         }
     }
 }

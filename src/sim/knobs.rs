@@ -288,9 +288,10 @@ pub(crate) async fn fail(
     Ok(Json(json!({"queued": knob.count, "kind": knob.kind})).into_response())
 }
 
+/// `{"millis": N}`: the body of the latency and bookmark knobs.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LatencyKnob {
+struct MillisKnob {
     millis: u64,
 }
 
@@ -299,7 +300,7 @@ pub(crate) async fn latency(
     State(cluster): Shared,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let knob: LatencyKnob = knob_body(body)?;
+    let knob: MillisKnob = knob_body(body)?;
     cluster
         .knobs
         .set_latency(Duration::from_millis(knob.millis));
@@ -335,19 +336,13 @@ pub(crate) async fn cut_watches(State(cluster): Shared) -> Response {
     Json(json!({"cut": open})).into_response()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BookmarksKnob {
-    millis: u64,
-}
-
 /// `POST /sim/bookmarks {"millis": N}`: the bookmark interval of watches opened from now
 /// on (0: none).
 pub(crate) async fn bookmarks(
     State(cluster): Shared,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let knob: BookmarksKnob = knob_body(body)?;
+    let knob: MillisKnob = knob_body(body)?;
     cluster
         .knobs
         .set_bookmark_interval(Duration::from_millis(knob.millis));

@@ -421,10 +421,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn deleting_a_service_account_deletes_its_token_secrets() {
+    /// A store holding service account `ns/a` and its legacy token Secret `a-token-x`.
+    fn account_with_token_secret(now: SystemTime) -> Store {
         let mut store = Store::default();
-        let now = SystemTime::now();
         store
             .create("ns", named::<ServiceAccount>("a"), now)
             .expect("sa");
@@ -433,6 +432,13 @@ mod tests {
         secret.metadata.annotations =
             Some([(SA_NAME_ANNOTATION.to_owned(), "a".to_owned())].into());
         store.create("ns", secret, now).expect("secret");
+        store
+    }
+
+    #[test]
+    fn deleting_a_service_account_deletes_its_token_secrets() {
+        let now = SystemTime::now();
+        let mut store = account_with_token_secret(now);
         store
             .create("ns", named::<Secret>("unrelated"), now)
             .expect("secret");
@@ -447,16 +453,8 @@ mod tests {
 
     #[test]
     fn every_write_is_logged_in_order_with_the_deleted_state() {
-        let mut store = Store::default();
         let now = SystemTime::now();
-        store
-            .create("ns", named::<ServiceAccount>("a"), now)
-            .expect("sa");
-        let mut secret = named::<Secret>("a-token-x");
-        secret.type_ = Some(SERVICE_ACCOUNT_TOKEN_TYPE.into());
-        secret.metadata.annotations =
-            Some([(SA_NAME_ANNOTATION.to_owned(), "a".to_owned())].into());
-        store.create("ns", secret, now).expect("secret");
+        let mut store = account_with_token_secret(now);
         let pod = store.create("ns", named::<Pod>("p"), now).expect("pod");
         assert_eq!(store.begin_deletion::<Pod>("ns", "p", 30, now), Ok(true));
         assert_eq!(store.begin_deletion::<Pod>("ns", "p", 30, now), Ok(false));

@@ -23,6 +23,20 @@ async fn watch_healthy(gate: &TestGate) {
     }
 }
 
+/// A gate with the revocation watch on, once the watch is healthy.
+async fn watched_gate() -> TestGate {
+    let gate = spawn_gate(&WATCH).await;
+    watch_healthy(&gate).await;
+    gate
+}
+
+/// A token of pod `apps/web-0`, reviewed once, so its verdict is cached.
+async fn cached_token(gate: &TestGate) -> String {
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    assert!(authenticated(&gate.review(&token, None).await.1));
+    token
+}
+
 /// Reviews `token` until the gate answers "no" (bounded by `within`); returns how long
 /// that took from `since`.
 async fn until_denied(gate: &TestGate, token: &str, since: Instant, within: Duration) -> Duration {
@@ -41,8 +55,7 @@ async fn until_denied(gate: &TestGate, token: &str, since: Instant, within: Dura
 
 #[tokio::test]
 async fn a_deleted_pods_token_is_denied_within_a_second_measured_over_twenty_pods() {
-    let gate = spawn_gate(&WATCH).await;
-    watch_healthy(&gate).await;
+    let gate = watched_gate().await;
     let mut latencies = Vec::new();
     for i in 0..20 {
         let token = gate.workload_token("apps", &format!("web-{i}"), &["vault"]);
@@ -75,10 +88,8 @@ async fn a_deleted_pods_token_is_denied_within_a_second_measured_over_twenty_pod
 
 #[tokio::test]
 async fn a_recreated_service_account_revokes_the_old_tokens() {
-    let gate = spawn_gate(&WATCH).await;
-    watch_healthy(&gate).await;
-    let token = gate.workload_token("apps", "web", &["vault"]);
-    assert!(authenticated(&gate.review(&token, None).await.1));
+    let gate = watched_gate().await;
+    let token = cached_token(&gate).await;
     let deleted = Instant::now();
     assert!(gate.sim.delete_service_account("apps", "web"));
     gate.sim.create_service_account("apps", "web");
@@ -94,8 +105,7 @@ async fn with_the_watch_healthy_a_verdict_outlives_max_ttl() {
     ];
     let gate = spawn_gate_with_clock(&env, clock.clone()).await;
     watch_healthy(&gate).await;
-    let token = gate.workload_token("apps", "web", &["vault"]);
-    assert!(authenticated(&gate.review(&token, None).await.1));
+    let token = cached_token(&gate).await;
     clock.advance(Duration::from_secs(600));
     gate.authenticate_reviewer().await;
     let before = gate.upstream_calls();
@@ -110,10 +120,8 @@ async fn with_the_watch_healthy_a_verdict_outlives_max_ttl() {
 
 #[tokio::test]
 async fn a_deletion_during_a_watch_cut_is_not_missed() {
-    let gate = spawn_gate(&WATCH).await;
-    watch_healthy(&gate).await;
-    let token = gate.workload_token("apps", "web", &["vault"]);
-    assert!(authenticated(&gate.review(&token, None).await.1));
+    let gate = watched_gate().await;
+    let token = cached_token(&gate).await;
     gate.sim.cut_watches();
     let deleted = Instant::now();
     assert!(gate.sim.delete_pod("apps", "web-0"));
@@ -122,10 +130,8 @@ async fn a_deletion_during_a_watch_cut_is_not_missed() {
 
 #[tokio::test]
 async fn a_deletion_hidden_by_a_410_is_found_at_the_re_list() {
-    let gate = spawn_gate(&WATCH).await;
-    watch_healthy(&gate).await;
-    let token = gate.workload_token("apps", "web", &["vault"]);
-    assert!(authenticated(&gate.review(&token, None).await.1));
+    let gate = watched_gate().await;
+    let token = cached_token(&gate).await;
     // Take the watches down with 410 and delete while the log that would replay it is gone.
     gate.sim.expire_watches();
     let deleted = Instant::now();
@@ -136,8 +142,7 @@ async fn a_deletion_hidden_by_a_410_is_found_at_the_re_list() {
 
 #[tokio::test]
 async fn of_many_cached_verdicts_exactly_those_of_deleted_pods_go() {
-    let gate = spawn_gate(&WATCH).await;
-    watch_healthy(&gate).await;
+    let gate = watched_gate().await;
     const PODS: usize = 10_000;
     const DELETED: usize = 1_000;
     gate.sim.create_service_account("apps", "web");
