@@ -43,22 +43,26 @@ impl CallerAccess {
             } else {
                 Err("not in access.review_callers".into())
             }),
-            AccessMode::SubjectAccessReview => {
-                // Identities are not secrets; the whole identity is the key, as RBAC may
-                // grant by any part of it.
-                let key = serde_json::to_string(user).expect("a UserInfo serialises");
-                if let Some((at, answer)) = self.answers.get(&key)
-                    && at.elapsed() < self.access.sar_ttl
-                {
-                    return Ok(answer);
-                }
-                let answer = self
-                    .upstream
-                    .may_review_tokens(&user.to_user_info())
-                    .await?;
-                self.answers.insert(key, (Instant::now(), answer.clone()));
-                Ok(answer)
-            }
+            // Boxed: the API-server call's future is large, and would otherwise be copied
+            // with every request's, allow-list mode included.
+            AccessMode::SubjectAccessReview => Box::pin(self.ask(user)).await,
         }
+    }
+
+    async fn ask(&self, user: &User) -> Result<Result<(), String>, UpstreamError> {
+        // Identities are not secrets; the whole identity is the key, as RBAC may grant by
+        // any part of it.
+        let key = serde_json::to_string(user).expect("a UserInfo serialises");
+        if let Some((at, answer)) = self.answers.get(&key)
+            && at.elapsed() < self.access.sar_ttl
+        {
+            return Ok(answer);
+        }
+        let answer = self
+            .upstream
+            .may_review_tokens(&user.to_user_info())
+            .await?;
+        self.answers.insert(key, (Instant::now(), answer.clone()));
+        Ok(answer)
     }
 }

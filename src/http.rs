@@ -9,6 +9,7 @@
 //!
 //! Not responsible for: deciding anything about a token (see `review`).
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::Limits;
 pub use crate::gate::AppState;
 use crate::metrics::{CacheKind, Endpoint, Outcome};
-use crate::review::Decision;
+use crate::review::{Decision, RememberedCaller, Settings};
 use crate::upstream::UpstreamError;
 use crate::wire::{self, ReviewRequest, ReviewSpec};
 
@@ -136,6 +137,13 @@ pub async fn serve(
     }
 }
 
+tokio::task_local! {
+    /// The caller token a connection sent last, and its cache key (see
+    /// [`crate::review::Reviewer::caller_key`]). HTTP/1 serves a connection's requests
+    /// one at a time, inside the connection's task: no two borrow it at once.
+    static REMEMBERED_CALLER: RefCell<Option<RememberedCaller>>;
+}
+
 async fn serve_with<L>(
     mut listener: L,
     limits: Limits,
@@ -169,12 +177,13 @@ where
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let connection =
             graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(io), service));
-        tokio::spawn(async move {
+        let connection = async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
-        });
+        };
+        tokio::spawn(REMEMBERED_CALLER.scope(RefCell::new(None), connection));
     }
     drop(listener);
     graceful.shutdown().await;
@@ -251,7 +260,7 @@ async fn answer_review(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Response, bool), ApiError> {
-    authorize_caller(state, headers).await?;
+    let settings = authorize_caller(state, headers).await?;
     let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|e| {
@@ -284,7 +293,6 @@ async fn answer_review(
             "token is required for TokenReview in authentication".into(),
         ));
     }
-    let settings = state.reviewer.settings();
     let requested = request
         .spec
         .audiences
@@ -308,12 +316,25 @@ pub fn record_decision(decision: &Decision) {
 }
 
 /// The caller's own token goes through the same pipeline, for the API server's audiences;
-/// then the allow-list decides.
-async fn authorize_caller(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// then the allow-list decides. Returns the settings the caller was judged under.
+async fn authorize_caller(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Arc<Settings>, ApiError> {
     let Some(token) = bearer(headers) else {
         return Err(ApiError::Unauthorized);
     };
-    let decision = state.reviewer.authenticate_caller(token).await?;
+    let key = REMEMBERED_CALLER
+        .try_with(|remembered| {
+            state
+                .reviewer
+                .caller_key(token, &mut remembered.borrow_mut())
+        })
+        .unwrap_or_else(|_| state.reviewer.caller_key(token, &mut None));
+    let decision = state
+        .reviewer
+        .authenticate_caller_keyed(token, &key)
+        .await?;
     if !decision.verdict.authenticated {
         return Err(ApiError::Unauthorized);
     }
@@ -321,7 +342,7 @@ async fn authorize_caller(state: &AppState, headers: &HeaderMap) -> Result<(), A
         return Err(ApiError::Unauthorized);
     };
     match state.access().check(user).await? {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(Arc::clone(key.settings())),
         Err(why) => Err(ApiError::Forbidden(format!(
             "tokenreviews.authentication.k8s.io is forbidden: User {:?} cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope: {why}",
             user.username()

@@ -39,3 +39,10 @@ pub mod wire;
 
 pub use gate::{AppState, BuildError, Gate, build, build_with_clock, run};
 pub use http::router;
+
+/// mimalloc, not the system allocator, for every program built on this crate (the
+/// binary, its tests and benches alike): a cached review allocates a dozen small
+/// objects, often freed on another worker thread than made them, where glibc's
+/// arenas cost most. Measured in BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -9,7 +9,7 @@
 //!
 //! Not responsible for: deciding when to count (the stages count themselves).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use std::fmt::Write as _;
@@ -33,6 +33,10 @@ macro_rules! label_enum {
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $label,)* }
             }
+
+            /// How many variants there are.
+            #[allow(dead_code)]
+            const COUNT: usize = [$($label,)*].len();
         }
 
         impl EncodeLabelValue for $name {
@@ -202,6 +206,11 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     decisions: Family<SourceLabels, Counter>,
+    /// The counters of `requests` and `decisions` each request adds to, by the index
+    /// of their labels, taken from the family once: a lookup there hashes the labels
+    /// under a lock shared by every worker.
+    request_counters: [OnceLock<Counter>; Endpoint::COUNT * Outcome::COUNT],
+    decision_counters: [OnceLock<Counter>; Source::COUNT],
     local_rejections: Family<ReasonLabels, Counter>,
     cache_entries: Family<CacheLabels, Gauge>,
     cache_evictions: Family<EvictionLabels, Counter>,
@@ -306,6 +315,8 @@ impl Metrics {
             revocation_watch_healthy,
             requests,
             decisions,
+            request_counters: Default::default(),
+            decision_counters: Default::default(),
             local_rejections,
             cache_entries,
             cache_evictions,
@@ -319,14 +330,24 @@ impl Metrics {
 
     /// Counts a finished request.
     pub fn request(&self, endpoint: Endpoint, outcome: Outcome) {
-        self.requests
-            .get_or_create(&RequestLabels { endpoint, outcome })
+        self.request_counters[endpoint as usize * Outcome::COUNT + outcome as usize]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels { endpoint, outcome })
+                    .clone()
+            })
             .inc();
     }
 
     /// Counts a decision.
     pub fn decision(&self, source: Source) {
-        self.decisions.get_or_create(&SourceLabels { source }).inc();
+        self.decision_counters[source as usize]
+            .get_or_init(|| {
+                self.decisions
+                    .get_or_create(&SourceLabels { source })
+                    .clone()
+            })
+            .inc();
     }
 
     /// Counts a local rejection.

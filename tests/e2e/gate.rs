@@ -743,3 +743,66 @@ async fn a_legacy_token_may_authenticate_a_caller_though_workloads_may_not_use_o
         "{review}"
     );
 }
+
+/// A connection remembers the caller token it was sent last, to skip hashing it again
+/// (see `Reviewer::caller_key`). One connection can carry several callers' requests
+/// (a proxy in front of the gate): each request is still judged by its own token, and a
+/// reload that changes which caller tokens are valid applies to a kept-alive connection.
+#[tokio::test]
+async fn one_connection_with_several_callers_judges_each_request_by_its_own_token() {
+    use http_body_util::{BodyExt as _, Full};
+    let gate = spawn_gate(&[]).await;
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    let stranger = gate.workload_token("apps", "stranger", &[gate.sim.issuer()]);
+    let reviewer = gate.sim.reviewer_token();
+    // The reviewer's token with its last character changed: a forged signature.
+    let mut forged = reviewer.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+
+    let addr = gate.url.trim_start_matches("http://").to_owned();
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut send, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}).to_string();
+    let mut review_as = async |caller: &str| {
+        let request = http::Request::post("/review")
+            .header(http::header::HOST, &addr)
+            .header(http::header::AUTHORIZATION, format!("Bearer {caller}"))
+            .body(Full::new(bytes::Bytes::from(body.clone())))
+            .unwrap();
+        let response = send.send_request(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    };
+    for (caller, expected) in [
+        (&reviewer, StatusCode::CREATED),
+        (&stranger, StatusCode::FORBIDDEN),
+        (&forged, StatusCode::UNAUTHORIZED),
+        (&reviewer, StatusCode::CREATED),
+        (&reviewer, StatusCode::CREATED),
+        (&forged, StatusCode::UNAUTHORIZED),
+    ] {
+        let (status, answer) = review_as(caller).await;
+        assert_eq!(status, expected, "{answer}");
+    }
+    // A reload after which the reviewer's token is for none of the API server's audiences.
+    let text = tokengate::cli::dev_config(
+        "127.0.0.1:0".parse().unwrap(),
+        &gate.sim.url(),
+        gate.dir.path(),
+        gate.sim.issuer(),
+    );
+    let env = [(
+        "TOKENGATE_POLICY_API_AUDIENCES".to_string(),
+        "elsewhere".to_string(),
+    )];
+    let config = tokengate::config::from_str(&text, env).unwrap();
+    assert!(!gate.state.reconfigure(config).is_empty());
+    let (status, answer) = review_as(&reviewer).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+}
