@@ -331,10 +331,7 @@ async fn authorize_caller(
                 .caller_key(token, &mut remembered.borrow_mut())
         })
         .unwrap_or_else(|_| state.reviewer.caller_key(token, &mut None));
-    let decision = state
-        .reviewer
-        .authenticate_caller_keyed(token, &key)
-        .await?;
+    let decision = state.reviewer.authenticate_caller(token, &key).await?;
     if !decision.verdict.authenticated {
         return Err(ApiError::Unauthorized);
     }

@@ -335,14 +335,6 @@ impl Reviewer {
         self.decide(token, audiences, Purpose::Review).await
     }
 
-    /// Authenticates a caller of the TokenReview endpoints as the API server would
-    /// authenticate a request to itself: for its own audiences, legacy tokens included
-    /// (Vault's `token_reviewer_jwt` is often one).
-    pub async fn authenticate_caller(&self, token: &str) -> Result<Decision, UpstreamError> {
-        let key = self.caller_key(token, &mut None);
-        self.authenticate_caller_keyed(token, &key).await
-    }
-
     /// The cache key of a caller token. A connection remembers the caller token it was
     /// sent last (`remembered`): when the same one comes again (Vault sends its
     /// `token_reviewer_jwt` with every login, over kept-alive connections), its keyed
@@ -366,9 +358,12 @@ impl Reviewer {
         CallerKey(key, settings)
     }
 
-    /// [`Reviewer::authenticate_caller`] with the key from [`Reviewer::caller_key`]. The
-    /// cache still decides, so expiry, revocation and a reload apply as to any token.
-    pub async fn authenticate_caller_keyed(
+    /// Authenticates a caller of the TokenReview endpoints as the API server would
+    /// authenticate a request to itself: for its own audiences, legacy tokens included
+    /// (Vault's `token_reviewer_jwt` is often one). `key` comes from
+    /// [`Reviewer::caller_key`]; the cache still decides, so expiry, revocation and a
+    /// reload apply as to any token.
+    pub async fn authenticate_caller(
         &self,
         token: &str,
         CallerKey(key, settings): &CallerKey,
