@@ -310,11 +310,12 @@ async fn drive(
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + measure;
-    let cpu = tokio::spawn(async move {
+    // The servers' CPU time when the window opens; read again when the load ends (at
+    // the window's end, or earlier when the pool runs dry: the warm-up's 60 s window
+    // used to be waited out whole after its pool ran dry in a fraction of a second).
+    let cpu_from = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
-        let from = server_cpu();
-        tokio::time::sleep_until(end.into()).await;
-        server_cpu().saturating_sub(from)
+        server_cpu()
     });
     let tasks: Vec<_> = senders
         .into_iter()
@@ -380,7 +381,7 @@ async fn drive(
         exhausted |= e;
     }
     latencies.sort_unstable();
-    let server_cpu = cpu.await.expect("the CPU sampler");
+    let server_cpu = server_cpu().saturating_sub(cpu_from.await.expect("the CPU sampler"));
     // A pool that ran dry ends the window early.
     let window = if exhausted {
         last - measure_from
