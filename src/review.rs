@@ -332,7 +332,8 @@ impl Reviewer {
         token: &str,
         audiences: &[String],
     ) -> Result<Decision, UpstreamError> {
-        self.decide(token, audiences, Purpose::Review).await
+        let key = self.cache.key(token, audiences, Purpose::Review);
+        self.decide(token, audiences, Purpose::Review, key).await
     }
 
     /// The cache key of a caller token. A connection remembers the caller token it was
@@ -368,26 +369,15 @@ impl Reviewer {
         token: &str,
         CallerKey(key, settings): &CallerKey,
     ) -> Result<Decision, UpstreamError> {
-        self.decide_keyed(token, &settings.policy.api_audiences, Purpose::Caller, *key)
+        self.decide(token, &settings.policy.api_audiences, Purpose::Caller, *key)
             .await
     }
 
-    /// A cached verdict costs a keyed hash and a lookup; anything else is decided in
-    /// [`Reviewer::decide_afresh`], behind a box: its future (the signature check, the
-    /// coalesced API-server call) is over 5 KiB, and unboxed it would be copied on every
-    /// request, cached or not, each time the future moves.
+    /// A cached verdict costs a lookup (the key is computed by the caller); anything
+    /// else is decided in [`Reviewer::decide_afresh`], behind a box: its future (the
+    /// signature check, the coalesced API-server call) is over 5 KiB, and unboxed it
+    /// would be copied on every request, cached or not, each time the future moves.
     async fn decide(
-        &self,
-        token: &str,
-        audiences: &[String],
-        purpose: Purpose,
-    ) -> Result<Decision, UpstreamError> {
-        let key = self.cache.key(token, audiences, purpose);
-        self.decide_keyed(token, audiences, purpose, key).await
-    }
-
-    /// [`Reviewer::decide`] with the token's cache key already computed.
-    async fn decide_keyed(
         &self,
         token: &str,
         audiences: &[String],

@@ -167,12 +167,9 @@ pub fn answer(api_version: &str, spec: &ReviewSpec<'_>, v: &Verdict) -> Vec<u8> 
         if !user.extra().is_empty() {
             fields.next(&mut out, "extra");
             out.push(b'{');
-            for (i, (key, values)) in user.extra().iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                string(&mut out, key);
-                out.push(b':');
+            let mut keys = Fields::default();
+            for (key, values) in user.extra().iter() {
+                keys.next(&mut out, key);
                 strings(&mut out, values);
             }
             out.push(b'}');
@@ -194,7 +191,7 @@ pub fn answer(api_version: &str, spec: &ReviewSpec<'_>, v: &Verdict) -> Vec<u8> 
     out
 }
 
-/// Writes an object's field names, with the commas between them.
+/// Writes an object's keys, with the commas between its members.
 #[derive(Default)]
 struct Fields {
     started: bool,

@@ -791,17 +791,11 @@ async fn one_connection_with_several_callers_judges_each_request_by_its_own_toke
         assert_eq!(status, expected, "{answer}");
     }
     // A reload after which the reviewer's token is for none of the API server's audiences.
-    let text = tokengate::cli::dev_config(
-        "127.0.0.1:0".parse().unwrap(),
-        &gate.sim.url(),
+    let config = test_config(
+        &gate.sim,
         gate.dir.path(),
-        gate.sim.issuer(),
+        &[("TOKENGATE_POLICY_API_AUDIENCES", "elsewhere")],
     );
-    let env = [(
-        "TOKENGATE_POLICY_API_AUDIENCES".to_string(),
-        "elsewhere".to_string(),
-    )];
-    let config = tokengate::config::from_str(&text, env).unwrap();
     assert!(!gate.state.reconfigure(config).is_empty());
     let (status, answer) = review_as(&reviewer).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");

@@ -140,6 +140,19 @@ pub async fn spawn_gate_for(sim: Sim, dir: tempfile::TempDir, env: &[(&str, &str
     gate
 }
 
+/// The configuration test gates run with: `tokengate dev`'s, in front of `sim` whose
+/// files are in `dir`, overridden by `env` (`TOKENGATE_…` pairs).
+pub fn test_config(sim: &Sim, dir: &Path, env: &[(&str, &str)]) -> tokengate::config::Config {
+    let text = tokengate::cli::dev_config(
+        "127.0.0.1:0".parse().unwrap(),
+        &sim.url(),
+        dir,
+        sim.issuer(),
+    );
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    tokengate::config::from_str(&text, env).expect("a valid test config")
+}
+
 async fn start(
     sim: Sim,
     dir: tempfile::TempDir,
@@ -147,14 +160,7 @@ async fn start(
     gate_ca: Option<String>,
     clock: Arc<dyn tokengate::review::Clock>,
 ) -> TestGate {
-    let text = tokengate::cli::dev_config(
-        "127.0.0.1:0".parse().unwrap(),
-        &sim.url(),
-        dir.path(),
-        sim.issuer(),
-    );
-    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-    let config = tokengate::config::from_str(&text, env).expect("a valid test config");
+    let config = test_config(&sim, dir.path(), env);
     let gate = tokengate::build_with_clock(&config, clock)
         .await
         .expect("the gate builds");
