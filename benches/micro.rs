@@ -272,9 +272,19 @@ fn router_benches(c: &mut Criterion) {
             }
         }),
     );
+    // The same handler under the gate's middleware (span, load shedding, concurrency
+    // limit, timeout, body limit): what the stack costs apart from the gate's own work.
+    let layered = http::with_middleware(
+        baseline.clone(),
+        Duration::from_secs(6),
+        std::sync::Arc::new(tokengate::metrics::Metrics::new()),
+    );
     let mut group = c.benchmark_group("router");
     group.bench_function("baseline: axum handler answering fixed bytes", |b| {
         b.to_async(&rt).iter(|| call(&baseline, review()))
+    });
+    group.bench_function("baseline under the gate's middleware", |b| {
+        b.to_async(&rt).iter(|| call(&layered, review()))
     });
     group.bench_function("cached POST /review", |b| {
         b.to_async(&rt).iter(|| call(&router, review()))

@@ -143,6 +143,17 @@ async fn logs_at_debug_carry_decisions_and_fingerprints_but_never_a_token() {
         "no decision source in\n{logs}"
     );
     assert!(logs.contains(r#""source":"upstream""#), "{logs}");
+    // Each request's span ends in one debug line with its status and time taken.
+    let answered = logs
+        .lines()
+        .filter(|l| l.contains(r#""message":"answered""#) && l.contains(r#""latency_us":"#))
+        .count();
+    assert!(answered >= 6, "{answered} 'answered' lines in\n{logs}");
+    assert!(
+        logs.contains(r#""status":201"#),
+        "no status in the span in\n{logs}"
+    );
+    assert!(logs.contains(r#""status":503"#), "{logs}");
     assert!(
         logs.contains(r#""token":""#),
         "no token fingerprint in\n{logs}"
