@@ -151,13 +151,12 @@ impl RememberedCaller {
     /// they differ (one connection may carry several callers' requests, through a proxy).
     fn is(&self, token: &str) -> bool {
         use secrecy::ExposeSecret as _;
-        let held = self.token.expose_secret().as_bytes();
-        held.len() == token.len()
-            && held
-                .iter()
-                .zip(token.as_bytes())
-                .fold(0, |differ, (a, b)| differ | (a ^ b))
-                == 0
+        use subtle::ConstantTimeEq as _;
+        self.token
+            .expose_secret()
+            .as_bytes()
+            .ct_eq(token.as_bytes())
+            .into()
     }
 }
 
