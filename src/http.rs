@@ -458,7 +458,9 @@ async fn answer_review(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Response, bool), ApiError> {
-    let settings = authorize_caller(state, headers).await?;
+    // One reading of the clock judges both the caller's token and the reviewed one.
+    let now = state.reviewer.now();
+    let settings = authorize_caller(state, headers, now).await?;
     let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|e| {
@@ -497,7 +499,7 @@ async fn answer_review(
         .as_deref()
         .filter(|a| !a.is_empty())
         .unwrap_or(&settings.policy.audiences);
-    let decision = state.reviewer.review(token, requested).await?;
+    let decision = state.reviewer.review(token, requested, now).await?;
     record_decision(&decision);
     let authenticated = decision.verdict.authenticated;
     Ok((
@@ -518,6 +520,7 @@ pub fn record_decision(decision: &Decision) {
 async fn authorize_caller(
     state: &AppState,
     headers: &HeaderMap,
+    now: std::time::SystemTime,
 ) -> Result<Arc<Settings>, ApiError> {
     let Some(token) = bearer(headers) else {
         return Err(ApiError::Unauthorized);
@@ -529,7 +532,7 @@ async fn authorize_caller(
                 .caller_key(token, &mut remembered.borrow_mut())
         })
         .unwrap_or_else(|_| state.reviewer.caller_key(token, &mut None));
-    let decision = state.reviewer.authenticate_caller(token, &key).await?;
+    let decision = state.reviewer.authenticate_caller(token, &key, now).await?;
     if !decision.verdict.authenticated {
         return Err(ApiError::Unauthorized);
     }

@@ -49,7 +49,11 @@ async fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> (Response, 
     } else {
         &requested
     };
-    let decision = match state.reviewer.review(token, requested).await {
+    let decision = match state
+        .reviewer
+        .review(token, requested, state.reviewer.now())
+        .await
+    {
         Ok(d) => d,
         Err(e) => {
             let response = (

@@ -118,7 +118,7 @@ async fn an_api_server_with_a_certificate_from_another_ca_is_never_trusted() {
     let err = gate
         .state
         .reviewer
-        .review(&token, &["vault".to_string()])
+        .review(&token, &["vault".to_string()], gate.state.reviewer.now())
         .await
         .unwrap_err();
     assert!(

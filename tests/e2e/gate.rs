@@ -683,7 +683,7 @@ async fn the_api_server_can_be_named_by_a_kubeconfig() {
     let decision = gate
         .state
         .reviewer
-        .review(&token, &["vault".to_string()])
+        .review(&token, &["vault".to_string()], gate.state.reviewer.now())
         .await
         .unwrap();
     assert!(decision.verdict.authenticated, "{:?}", decision.verdict);

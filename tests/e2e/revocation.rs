@@ -167,7 +167,7 @@ async fn of_many_cached_verdicts_exactly_those_of_deleted_pods_go() {
     for token in &tokens {
         assert!(
             reviewer
-                .review(token, &vault)
+                .review(token, &vault, reviewer.now())
                 .await
                 .unwrap()
                 .verdict
@@ -189,7 +189,10 @@ async fn of_many_cached_verdicts_exactly_those_of_deleted_pods_go() {
     }
     let before = gate.upstream_calls();
     for (i, token) in tokens.iter().enumerate() {
-        let decision = reviewer.review(token, &vault).await.unwrap();
+        let decision = reviewer
+            .review(token, &vault, reviewer.now())
+            .await
+            .unwrap();
         let deleted = i % (PODS / DELETED) == 0;
         assert_eq!(decision.verdict.authenticated, !deleted, "token {i}");
     }
