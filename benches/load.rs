@@ -265,6 +265,8 @@ struct Run {
     exhausted: bool,
     /// CPU time of the server threads (sim, gate, baseline) inside the window.
     server_cpu: Duration,
+    /// Context switches inside the window: of the server threads, of the load generator's.
+    switches: Threads<u64>,
     /// Each round's requests per second and server CPU seconds per request.
     rounds: Vec<(f64, f64)>,
 }
@@ -279,6 +281,8 @@ impl Run {
         self.unexpected += other.unexpected;
         self.exhausted |= other.exhausted;
         self.server_cpu += other.server_cpu;
+        self.switches.servers += other.switches.servers;
+        self.switches.load += other.switches.load;
         self.rounds.extend(other.rounds);
     }
 
@@ -373,7 +377,7 @@ async fn drive(
     // used to be waited out whole after its pool ran dry in a fraction of a second).
     let cpu_from = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
-        server_cpu()
+        (server_cpu(), switches())
     });
     let tasks: Vec<_> = senders
         .into_iter()
@@ -439,7 +443,13 @@ async fn drive(
         exhausted |= e;
     }
     latencies.sort_unstable();
-    let server_cpu = server_cpu().saturating_sub(cpu_from.await.expect("the CPU sampler"));
+    let (cpu_from, switches_from) = cpu_from.await.expect("the CPU sampler");
+    let server_cpu = server_cpu().saturating_sub(cpu_from);
+    let switches_to = switches();
+    let switches = Threads {
+        servers: switches_to.servers.saturating_sub(switches_from.servers),
+        load: switches_to.load.saturating_sub(switches_from.load),
+    };
     // A pool that ran dry ends the window early.
     let window = if exhausted {
         last - measure_from
@@ -455,10 +465,48 @@ async fn drive(
         unexpected,
         exhausted,
         server_cpu,
+        switches,
         rounds: Vec::new(),
     };
     run.rounds = vec![(run.rps(), run.cpu_per_request().as_secs_f64())];
     run
+}
+
+/// A figure for the servers' threads and one for the load generator's.
+#[derive(Clone, Copy, Default)]
+struct Threads<T> {
+    servers: T,
+    load: T,
+}
+
+/// Context switches so far (voluntary and not) of the threads named `servers` and of
+/// those named `load`, from `/proc/self/task/*/status`. A thread that sleeps and is woken
+/// costs both sides more CPU than one that stays busy: when the server is the slower
+/// side of the closed loop, the load generator runs dry and sleeps between answers.
+fn switches() -> Threads<u64> {
+    let mut total = Threads::default();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return total;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let slot = match comm.trim() {
+            "servers" => &mut total.servers,
+            "load" => &mut total.load,
+            _ => continue,
+        };
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        *slot += status
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
 }
 
 /// CPU time so far of the threads named `servers` (the runtime of the sim, the gate and
@@ -1310,21 +1358,43 @@ fn render(
     // threads share two cores, and a request on a thread that is switched out waits
     // about 4 ms. Whether that share is just under or just over 1 % flips p99 between
     // about 1 ms and about 4 ms, so it is printed.
-    let slow = [
+    let phases = [
         ("baseline", Some(base)),
         ("baseline + middleware", runs.layered.as_ref()),
         ("(a)", runs.cached.as_ref()),
         ("(b)", runs.auth.as_ref()),
         ("(c)", runs.local.as_ref()),
-    ]
-    .into_iter()
-    .filter_map(|(name, run)| run.map(|r| format!("{name} {:.2} %", 100.0 * r.share_over(SLOW))))
-    .collect::<Vec<_>>()
-    .join(", ");
+    ];
+    let slow = phases
+        .iter()
+        .filter_map(|(name, run)| {
+            run.map(|r| format!("{name} {:.2} %", 100.0 * r.share_over(SLOW)))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let _ = writeln!(
         out,
         "\nRequests slower than {} ms (those that waited out a scheduler slice): {slow}.",
         SLOW.as_millis()
+    );
+    let per_thousand = |n: u64, r: &Run| 1000.0 * n as f64 / r.requests.max(1) as f64;
+    let switched = phases
+        .iter()
+        .filter_map(|(name, run)| {
+            run.map(|r| {
+                let (s, l) = (r.switches.servers, r.switches.load);
+                format!(
+                    "{name} {:.0} / {:.0}",
+                    per_thousand(s, r),
+                    per_thousand(l, r)
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        out,
+        "\nContext switches per 1,000 requests, of the servers' threads / the load generator's: {switched}."
     );
 
     let _ = writeln!(
