@@ -653,8 +653,10 @@ mod tests {
                 let entered = entered.clone();
                 let gate = Arc::clone(&gate);
                 async move {
+                    // Created before `entered` is told: `notify_waiters` then reaches it.
+                    let released = gate.notified();
                     entered.send(()).expect("the test listens");
-                    gate.notified().await;
+                    released.await;
                     "done"
                 }
             }),
@@ -675,6 +677,11 @@ mod tests {
         (status, String::from_utf8(body.to_vec()).expect("UTF-8"))
     }
 
+    fn spawn_call(router: &Router) -> tokio::task::JoinHandle<(StatusCode, String)> {
+        let router = router.clone();
+        tokio::spawn(async move { call(&router).await })
+    }
+
     fn shed_count(metrics: &Metrics) -> String {
         metrics
             .encode()
@@ -688,14 +695,8 @@ mod tests {
     async fn requests_past_the_bound_are_refused_at_once_and_admitted_again_after() {
         let metrics = Arc::new(Metrics::new());
         let (router, mut entered, release) = waiting_router(2, Duration::from_secs(60), &metrics);
-        let first = tokio::spawn({
-            let router = router.clone();
-            async move { call(&router).await }
-        });
-        let second = tokio::spawn({
-            let router = router.clone();
-            async move { call(&router).await }
-        });
+        let first = spawn_call(&router);
+        let second = spawn_call(&router);
         entered.recv().await.expect("the first is in progress");
         entered.recv().await.expect("the second is in progress");
 
@@ -718,14 +719,8 @@ mod tests {
             (StatusCode::OK, "done".into())
         );
         // Both finished, so both places are free again.
-        let third = tokio::spawn({
-            let router = router.clone();
-            async move { call(&router).await }
-        });
-        let fourth = tokio::spawn({
-            let router = router.clone();
-            async move { call(&router).await }
-        });
+        let third = spawn_call(&router);
+        let fourth = spawn_call(&router);
         // Bounded waits: were either refused, its `entered` would never come.
         for which in ["third", "fourth"] {
             let admitted = tokio::time::timeout(Duration::from_secs(10), entered.recv()).await;
