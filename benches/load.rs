@@ -372,12 +372,13 @@ async fn drive(
     let start = Instant::now();
     let measure_from = start + warmup;
     let end = measure_from + measure;
-    // The servers' CPU time when the window opens; read again when the load ends (at
-    // the window's end, or earlier when the pool runs dry: the warm-up's 60 s window
-    // used to be waited out whole after its pool ran dry in a fraction of a second).
-    let cpu_from = tokio::spawn(async move {
+    // The servers' CPU time and the switches when the window opens; read again when the
+    // load ends (at the window's end, or earlier when the pool runs dry: the warm-up's
+    // 60 s window used to be waited out whole after its pool ran dry in a fraction of a
+    // second).
+    let from = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
-        (server_cpu(), switches())
+        sample()
     });
     let tasks: Vec<_> = senders
         .into_iter()
@@ -443,12 +444,11 @@ async fn drive(
         exhausted |= e;
     }
     latencies.sort_unstable();
-    let (cpu_from, switches_from) = cpu_from.await.expect("the CPU sampler");
-    let server_cpu = server_cpu().saturating_sub(cpu_from);
-    let switches_to = switches();
+    let (from, to) = (from.await.expect("the CPU sampler"), sample());
+    let server_cpu = to.server_cpu.saturating_sub(from.server_cpu);
     let switches = Threads {
-        servers: switches_to.servers.saturating_sub(switches_from.servers),
-        load: switches_to.load.saturating_sub(switches_from.load),
+        servers: to.switches.servers.saturating_sub(from.switches.servers),
+        load: to.switches.load.saturating_sub(from.switches.load),
     };
     // A pool that ran dry ends the window early.
     let window = if exhausted {
@@ -479,25 +479,42 @@ struct Threads<T> {
     load: T,
 }
 
-/// Context switches so far (voluntary and not) of the threads named `servers` and of
-/// those named `load`, from `/proc/self/task/*/status`. A thread that sleeps and is woken
-/// costs both sides more CPU than one that stays busy: when the server is the slower
-/// side of the closed loop, the load generator runs dry and sleeps between answers.
-fn switches() -> Threads<u64> {
-    let mut total = Threads::default();
+/// What the scheduler has counted so far for the threads named `servers` (the runtime of
+/// the sim, the gate and the baseline) and those named `load`, from `/proc/self/task`.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    /// CPU time of the servers' threads (`schedstat`, nanoseconds).
+    server_cpu: Duration,
+    /// Context switches, voluntary and not (`status`). A thread that sleeps and is woken
+    /// costs both sides more CPU than one that stays busy: when the server is the slower
+    /// side of the closed loop, the load generator runs dry and sleeps between answers.
+    switches: Threads<u64>,
+}
+
+fn sample() -> Sample {
+    let mut total = Sample::default();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return total;
     };
+    let read = |path: &std::path::Path, file| std::fs::read_to_string(path.join(file));
     for task in tasks.flatten() {
         let path = task.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        let slot = match comm.trim() {
-            "servers" => &mut total.servers,
-            "load" => &mut total.load,
+        let comm = read(&path, "comm").unwrap_or_default();
+        let switches = match comm.trim() {
+            "servers" => {
+                let ns = read(&path, "schedstat").ok().and_then(|stat| {
+                    stat.split_whitespace()
+                        .next()
+                        .and_then(|ns| ns.parse::<u64>().ok())
+                });
+                total.server_cpu += Duration::from_nanos(ns.unwrap_or(0));
+                &mut total.switches.servers
+            }
+            "load" => &mut total.switches.load,
             _ => continue,
         };
-        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
-        *slot += status
+        *switches += read(&path, "status")
+            .unwrap_or_default()
             .lines()
             .filter_map(|l| {
                 l.strip_prefix("voluntary_ctxt_switches:")
@@ -507,31 +524,6 @@ fn switches() -> Threads<u64> {
             .sum::<u64>();
     }
     total
-}
-
-/// CPU time so far of the threads named `servers` (the runtime of the sim, the gate and
-/// the baseline), from the scheduler's own accounting (nanoseconds).
-fn server_cpu() -> Duration {
-    let mut total = 0u64;
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Duration::ZERO;
-    };
-    for task in tasks.flatten() {
-        let path = task.path();
-        let is_server =
-            std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "servers");
-        if !is_server {
-            continue;
-        }
-        if let Ok(stat) = std::fs::read_to_string(path.join("schedstat")) {
-            total += stat
-                .split_whitespace()
-                .next()
-                .and_then(|ns| ns.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Duration::from_nanos(total)
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {

@@ -272,8 +272,9 @@ fn router_benches(c: &mut Criterion) {
             }
         }),
     );
-    // The same handler under the gate's middleware (span, load shedding, concurrency
-    // limit, timeout, body limit): what the stack costs apart from the gate's own work.
+    // The same handler under the gate's middleware (the request's span, and Admission:
+    // the bound on requests in progress, the time budget): what the stack costs apart
+    // from the gate's own work.
     let layered = http::with_middleware(
         baseline.clone(),
         Duration::from_secs(6),
