@@ -107,21 +107,27 @@ fn millis(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-#[derive(Clone)]
-struct Entry {
-    verdict: Arc<Verdict>,
+/// Until when a cached verdict may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
     /// The deadline, in [`millis`].
     expires_at: u64,
     /// `Fetched::capped_at` in [`millis`]; `u64::MAX` when there is none.
     capped_at: u64,
-    depends_on: Option<Arc<[String]>>,
 }
 
-impl Entry {
-    /// Whether it may be served at `now` (in [`millis`]).
-    fn is_live(&self, now: u64, watch_healthy: bool) -> bool {
+impl Deadline {
+    /// Whether it has not passed at `now` (in [`millis`]).
+    fn is_live(self, now: u64, watch_healthy: bool) -> bool {
         now < self.expires_at && (now < self.capped_at || watch_healthy)
     }
+}
+
+#[derive(Clone)]
+struct Entry {
+    verdict: Arc<Verdict>,
+    deadline: Deadline,
+    depends_on: Option<Arc<[String]>>,
 }
 
 /// Which cached verdicts depend on which object.
@@ -196,6 +202,8 @@ pub struct VerdictCache {
     watch_healthy: AtomicBool,
     /// Counts revocations, so a fetch can tell one happened while it waited.
     revocations: AtomicU64,
+    /// Counts revocations and clears once done (see [`VerdictCache::generation`]).
+    generation: AtomicU64,
 }
 
 impl VerdictCache {
@@ -235,6 +243,7 @@ impl VerdictCache {
             metrics,
             watch_healthy: AtomicBool::new(false),
             revocations: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -261,12 +270,12 @@ impl VerdictCache {
             None => (CacheKind::Negative, &self.negative, self.negative.get(key)?),
         };
         let now = millis(now);
-        if entry.is_live(now, self.is_watch_healthy()) {
+        if entry.deadline.is_live(now, self.is_watch_healthy()) {
             return Some(entry.verdict);
         }
         // Only if still expired: a fresh verdict may have replaced it meanwhile.
-        if now >= entry.expires_at
-            && let Some((key, entry)) = store.remove_if(key, |e| now >= e.expires_at)
+        if now >= entry.deadline.expires_at
+            && let Some((key, entry)) = store.remove_if(key, |e| now >= e.deadline.expires_at)
         {
             self.metrics.cache_eviction(kind, EvictionCause::Expired);
             forget(&self.dependents, &key, &entry);
@@ -281,8 +290,10 @@ impl VerdictCache {
         }
         let entry = Entry {
             verdict: fetched.verdict.clone(),
-            expires_at: millis(fetched.expires_at),
-            capped_at: fetched.capped_at.map_or(u64::MAX, millis),
+            deadline: Deadline {
+                expires_at: millis(fetched.expires_at),
+                capped_at: fetched.capped_at.map_or(u64::MAX, millis),
+            },
             depends_on: (!fetched.depends_on.is_empty()).then(|| fetched.depends_on.clone().into()),
         };
         // Whatever the key held goes first, taken out of the index: quick_cache reports a
@@ -329,7 +340,7 @@ impl VerdictCache {
             (&self.negative, CacheKind::Negative),
         ] {
             store.retain(|key, entry| {
-                let expired = now >= entry.expires_at;
+                let expired = now >= entry.deadline.expires_at;
                 if expired {
                     self.metrics.cache_eviction(kind, EvictionCause::Expired);
                     forget(&self.dependents, key, entry);
@@ -354,6 +365,7 @@ impl VerdictCache {
                 forget(&self.dependents, &key, &entry);
             }
         }
+        self.generation.fetch_add(1, Ordering::SeqCst);
         keys.len()
     }
 
@@ -389,6 +401,29 @@ impl VerdictCache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A number that changes after every revocation and clear, once the verdicts they
+    /// took out are gone. Whoever keeps a verdict's [`Deadline`] apart from the cache
+    /// reads it *before* looking the verdict up, and may trust the deadline only while
+    /// it stays the same: a verdict that a revocation or a clear took out afterwards
+    /// changes it.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The deadline of the authenticated verdict cached for `key`, if one is live at
+    /// `now`.
+    pub fn live_deadline(&self, key: &Key, now: SystemTime) -> Option<Deadline> {
+        let deadline = self.positive.get(key)?.deadline;
+        self.is_live(deadline, now).then_some(deadline)
+    }
+
+    /// Whether a verdict with `deadline` may still be served at `now` (a cap past
+    /// `max_ttl` holds only while the revocation watch is healthy, as in the cache).
+    pub fn is_live(&self, deadline: Deadline, now: SystemTime) -> bool {
+        deadline.is_live(millis(now), self.is_watch_healthy())
     }
 
     /// Whether the cache holds no verdict.
@@ -531,6 +566,50 @@ mod tests {
         cache.insert(key, &fetched(true, 60, now));
         assert!(cache.get(&key, now + Duration::from_secs(59)).is_some());
         assert!(cache.get(&key, now + Duration::from_secs(60)).is_none());
+    }
+
+    /// What a caller's connection relies on to remember its admission apart from the
+    /// cache (`Reviewer::admitted`).
+    #[test]
+    fn a_deadline_kept_apart_ends_with_the_verdict_and_a_revocation_or_clear_says_so() {
+        let cache = VerdictCache::new(&cfg(10, 10));
+        let now = SystemTime::now();
+        let (a, denied) = (
+            cache.key("a", &aud("vault"), Purpose::Caller),
+            cache.key("b", &aud("vault"), Purpose::Caller),
+        );
+        cache.insert(a, &tracked(600, now, &["pod:p"], Some(120)));
+        cache.insert(denied, &fetched(false, 600, now));
+        assert_eq!(
+            cache.live_deadline(&denied, now),
+            None,
+            "only a yes has one"
+        );
+        let deadline = cache.live_deadline(&a, now).expect("live");
+        // The max_ttl cap holds while the watch is unhealthy, the deadline always.
+        let later = now + Duration::from_secs(300);
+        assert!(!cache.is_live(deadline, later));
+        cache.set_watch_healthy(true);
+        assert!(cache.is_live(deadline, later));
+        assert!(!cache.is_live(deadline, now + Duration::from_secs(600)));
+        assert_eq!(
+            cache.live_deadline(&a, now + Duration::from_secs(600)),
+            None
+        );
+
+        let before = cache.generation();
+        assert_eq!(cache.revoke("pod:nobody"), 0);
+        let after_revoke = cache.generation();
+        assert_ne!(after_revoke, before, "any revocation changes it");
+        assert_eq!(cache.revoke("pod:p"), 1);
+        assert_ne!(cache.generation(), after_revoke);
+        let after = cache.generation();
+        cache.clear();
+        assert_ne!(cache.generation(), after, "a clear changes it");
+        let settled = cache.generation();
+        cache.insert(a, &fetched(true, 600, now));
+        cache.sweep(now + Duration::from_secs(900));
+        assert_eq!(cache.generation(), settled, "inserts and expiry do not");
     }
 
     #[test]

@@ -336,8 +336,9 @@ pub async fn serve(
 }
 
 tokio::task_local! {
-    /// The caller token a connection sent last, and its cache key (see
-    /// [`crate::review::Reviewer::caller_key`]). HTTP/1 serves a connection's requests
+    /// The caller token a connection sent last, its cache key (see
+    /// [`crate::review::Reviewer::caller_key`]) and whether it was admitted
+    /// ([`crate::review::Reviewer::admitted`]). HTTP/1 serves a connection's requests
     /// one at a time, inside the connection's task: no two borrow it at once.
     static REMEMBERED_CALLER: RefCell<Option<RememberedCaller>>;
 }
@@ -525,6 +526,19 @@ async fn authorize_caller(
     let Some(token) = bearer(headers) else {
         return Err(ApiError::Unauthorized);
     };
+    // Read before the caller is checked: a change of access meanwhile voids what is
+    // remembered below.
+    let access_generation = state.access_generation();
+    let admitted = REMEMBERED_CALLER.try_with(|remembered| {
+        let remembered = remembered.borrow();
+        let remembered = remembered.as_ref()?;
+        state
+            .reviewer
+            .admitted(token, remembered, access_generation, now)
+    });
+    if let Ok(Some(settings)) = admitted {
+        return Ok(settings);
+    }
     let key = REMEMBERED_CALLER
         .try_with(|remembered| {
             state
@@ -539,8 +553,20 @@ async fn authorize_caller(
     let Some(user) = decision.verdict.user.as_ref() else {
         return Err(ApiError::Unauthorized);
     };
-    match state.access().check(user).await? {
-        Ok(()) => Ok(Arc::clone(key.settings())),
+    let access = state.access();
+    match access.check(user).await? {
+        Ok(()) => {
+            if access.is_allow_list() {
+                let _outside_a_connection = REMEMBERED_CALLER.try_with(|remembered| {
+                    if let Some(remembered) = remembered.borrow_mut().as_mut() {
+                        state
+                            .reviewer
+                            .admit(remembered, &key, access_generation, now);
+                    }
+                });
+            }
+            Ok(Arc::clone(key.settings()))
+        }
         Err(why) => Err(ApiError::Forbidden(format!(
             "tokenreviews.authentication.k8s.io is forbidden: User {:?} cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope: {why}",
             user.username()

@@ -745,12 +745,12 @@ async fn a_legacy_token_may_authenticate_a_caller_though_workloads_may_not_use_o
 }
 
 /// A connection remembers the caller token it was sent last, to skip hashing it again
-/// (see `Reviewer::caller_key`). One connection can carry several callers' requests
-/// (a proxy in front of the gate): each request is still judged by its own token, and a
-/// reload that changes which caller tokens are valid applies to a kept-alive connection.
+/// (see `Reviewer::caller_key`), and that it was admitted (`Reviewer::admitted`). One
+/// connection can carry several callers' requests (a proxy in front of the gate): each
+/// request is still judged by its own token, and a reload that changes which caller
+/// tokens are valid, or who may call, applies to a kept-alive connection at once.
 #[tokio::test]
 async fn one_connection_with_several_callers_judges_each_request_by_its_own_token() {
-    use http_body_util::{BodyExt as _, Full};
     let gate = spawn_gate(&[]).await;
     let token = gate.workload_token("apps", "web", &["vault"]);
     let stranger = gate.workload_token("apps", "stranger", &[gate.sim.issuer()]);
@@ -760,25 +760,7 @@ async fn one_connection_with_several_callers_judges_each_request_by_its_own_toke
     let last = forged.pop().unwrap();
     forged.push(if last == 'A' { 'B' } else { 'A' });
 
-    let addr = gate.url.trim_start_matches("http://").to_owned();
-    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut send, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}).to_string();
-    let mut review_as = async |caller: &str| {
-        let request = http::Request::post("/review")
-            .header(http::header::HOST, &addr)
-            .header(http::header::AUTHORIZATION, format!("Bearer {caller}"))
-            .body(Full::new(bytes::Bytes::from(body.clone())))
-            .unwrap();
-        let response = send.send_request(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&bytes).into_owned())
-    };
+    let mut connection = KeptAlive::open(&gate).await;
     for (caller, expected) in [
         (&reviewer, StatusCode::CREATED),
         (&stranger, StatusCode::FORBIDDEN),
@@ -786,17 +768,67 @@ async fn one_connection_with_several_callers_judges_each_request_by_its_own_toke
         (&reviewer, StatusCode::CREATED),
         (&reviewer, StatusCode::CREATED),
         (&forged, StatusCode::UNAUTHORIZED),
+        (&reviewer, StatusCode::CREATED),
+        (&reviewer, StatusCode::CREATED),
     ] {
-        let (status, answer) = review_as(caller).await;
+        let (status, answer) = connection.review_as(caller, &token).await;
         assert_eq!(status, expected, "{answer}");
     }
-    // A reload after which the reviewer's token is for none of the API server's audiences.
+    // A reload after which the reviewer is no longer allowed to call.
+    let config = test_config(
+        &gate.sim,
+        gate.dir.path(),
+        &[("TOKENGATE_ACCESS_REVIEW_CALLERS", r#"["someone-else"]"#)],
+    );
+    assert_eq!(gate.state.reconfigure(config), ["access changed"]);
+    let (status, answer) = connection.review_as(&reviewer, &token).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    // Allowed again, then a reload after which the reviewer's token is for none of the
+    // API server's audiences.
+    assert_eq!(
+        gate.state
+            .reconfigure(test_config(&gate.sim, gate.dir.path(), &[])),
+        ["access changed"]
+    );
+    for _ in 0..2 {
+        let (status, answer) = connection.review_as(&reviewer, &token).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
     let config = test_config(
         &gate.sim,
         gate.dir.path(),
         &[("TOKENGATE_POLICY_API_AUDIENCES", "elsewhere")],
     );
     assert!(!gate.state.reconfigure(config).is_empty());
-    let (status, answer) = review_as(&reviewer).await;
+    let (status, answer) = connection.review_as(&reviewer, &token).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+}
+
+/// A kept-alive connection's admitted caller is checked again once the verdict it rests
+/// on has expired: the caller's token goes back to the API server.
+#[tokio::test]
+async fn a_remembered_caller_is_asked_about_again_once_its_verdict_expires() {
+    let clock = TestClock::new();
+    let gate = spawn_gate_with_clock(&[], clock.clone()).await;
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    let reviewer = gate.sim.reviewer_token();
+    let mut connection = KeptAlive::open(&gate).await;
+    for _ in 0..3 {
+        let (status, answer) = connection.review_as(&reviewer, &token).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    let before = gate.upstream_calls();
+    let (status, answer) = connection.review_as(&reviewer, &token).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(gate.upstream_calls(), before, "everything was cached");
+    // Past max_ttl (2 minutes): both verdicts, the caller's and the workload token's,
+    // have expired by the gate's clock (the sim, on the real clock, still says yes).
+    clock.advance(Duration::from_secs(121));
+    let (status, answer) = connection.review_as(&reviewer, &token).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(
+        gate.upstream_calls(),
+        before + 2,
+        "the caller's token and the workload's were both asked about again"
+    );
 }

@@ -96,6 +96,44 @@ async fn a_recreated_service_account_revokes_the_old_tokens() {
     until_denied(&gate, &token, deleted, Duration::from_secs(1)).await;
 }
 
+/// A kept-alive connection remembers that its caller was admitted; the deletion of the
+/// caller's service account ends that at once, as it ends the cached verdict.
+#[tokio::test]
+async fn a_deleted_callers_kept_alive_connection_is_refused() {
+    // A caller of its own (Vault's service account, say): the gate's reviewer credential
+    // must outlive the test.
+    let gate = spawn_gate(&[
+        WATCH[0],
+        (
+            "TOKENGATE_ACCESS_REVIEW_CALLERS",
+            r#"["system:serviceaccount:tokengate:tokengate-reviewer", "system:serviceaccount:vault:vault"]"#,
+        ),
+    ])
+    .await;
+    watch_healthy(&gate).await;
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    let caller = gate.workload_token("vault", "vault", &[gate.sim.issuer()]);
+    let mut connection = KeptAlive::open(&gate).await;
+    for _ in 0..3 {
+        let (status, answer) = connection.review_as(&caller, &token).await;
+        assert_eq!(status, http::StatusCode::CREATED, "{answer}");
+    }
+    let deleted = Instant::now();
+    assert!(gate.sim.delete_service_account("vault", "vault"));
+    loop {
+        let (status, answer) = connection.review_as(&caller, &token).await;
+        if status == http::StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, http::StatusCode::CREATED, "{answer}");
+        assert!(
+            deleted.elapsed() < Duration::from_secs(1),
+            "the deleted caller still admitted a second after the delete"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn with_the_watch_healthy_a_verdict_outlives_max_ttl() {
     let clock = TestClock::new();

@@ -13,6 +13,43 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokengate::sim::{MintRequest, Sim, SimOptions};
 
+/// One kept-alive HTTP/1 connection to a plain-HTTP gate, as Vault keeps one: every
+/// request goes over the same socket, so what the gate remembers per connection (its
+/// caller, see `Reviewer::caller_key` and `Reviewer::admitted`) is in play.
+pub struct KeptAlive {
+    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl KeptAlive {
+    /// Connects to `gate`.
+    pub async fn open(gate: &TestGate) -> KeptAlive {
+        let host = gate.url.trim_start_matches("http://").to_owned();
+        let stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+        let (send, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        KeptAlive { send, host }
+    }
+
+    /// Asks for a review of `token` (for the default audiences) as `caller`; returns the
+    /// status and the body.
+    pub async fn review_as(&mut self, caller: &str, token: &str) -> (StatusCode, String) {
+        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}});
+        let request = Request::post("/review")
+            .header(http::header::HOST, &self.host)
+            .header(http::header::AUTHORIZATION, format!("Bearer {caller}"))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let response = self.send.send_request(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
 /// A running sim and a gate in front of it; both stop when this is dropped.
 pub struct TestGate {
     pub sim: Sim,
