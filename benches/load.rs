@@ -71,6 +71,9 @@ struct Settings {
     forged_tokens: usize,
     /// Interleaved rounds of the baseline and the cached and local cases.
     rounds: usize,
+    /// The paced rounds' offered rate, as a share of the baseline's closed-loop rate
+    /// (0: no paced rounds).
+    paced_share: f64,
     /// Cases to run (`a,b,c,d,e,burst,memory`); all when unset. The baselines always run.
     cases: Option<Vec<String>>,
 }
@@ -108,6 +111,7 @@ impl Settings {
             miss_tokens: var("TOKENGATE_BENCH_MISS_TOKENS", scale(30_000, 200)),
             forged_tokens: var("TOKENGATE_BENCH_FORGED_TOKENS", scale(60_000, 200)),
             rounds: var("TOKENGATE_BENCH_ROUNDS", scale(5, 1)),
+            paced_share: var("TOKENGATE_BENCH_PACED_SHARE", 0.5),
             cases: std::env::var("TOKENGATE_BENCH_CASES")
                 .ok()
                 .map(|v| v.split(',').map(|c| c.trim().to_owned()).collect()),
@@ -352,18 +356,34 @@ impl std::fmt::Display for Spread {
     }
 }
 
-/// Drives `target` with `conns` keep-alive connections, each sending its next request as
-/// soon as the previous answer is read (closed loop), for `warmup` + `measure`. Only
-/// requests that complete inside the measured window count.
-async fn drive(
-    name: &str,
-    target: &Target,
-    pool: Arc<Pool>,
+/// How a case is driven.
+#[derive(Clone, Copy)]
+struct Load {
+    /// Keep-alive connections.
     conns: usize,
     warmup: Duration,
     measure: Duration,
-    expect: Expect,
-) -> Run {
+    /// `None`: each connection sends its next request as soon as the previous answer is
+    /// read (closed loop). `Some(interval)`: each connection sends one request every
+    /// `interval`, staggered between connections (open loop, `conns / interval` requests
+    /// per second offered, whatever the server does).
+    pace: Option<Duration>,
+}
+
+/// Drives `target` with `load` for its warm-up and measured window. Only requests that
+/// complete inside the measured window count.
+///
+/// A paced request's latency counts from its scheduled send time when its connection was
+/// still busy with the previous one then (that wait is the server's; not counting it is
+/// the "coordinated omission" of closed-loop tools), and from its actual send otherwise
+/// (tokio's timer fires up to a millisecond late: that lateness is the load generator's).
+async fn drive(name: &str, target: &Target, pool: Arc<Pool>, load: Load, expect: Expect) -> Run {
+    let Load {
+        conns,
+        warmup,
+        measure,
+        pace,
+    } = load;
     let host = HeaderValue::from_str(&target.addr().to_string()).expect("host");
     let mut senders = Vec::with_capacity(conns);
     for _ in 0..conns {
@@ -382,7 +402,8 @@ async fn drive(
     });
     let tasks: Vec<_> = senders
         .into_iter()
-        .map(|mut send| {
+        .enumerate()
+        .map(|(i, mut send)| {
             let pool = Arc::clone(&pool);
             let host = host.clone();
             tokio::spawn(async move {
@@ -391,11 +412,18 @@ async fn drive(
                 let mut checked = false;
                 let mut last = measure_from;
                 let mut exhausted = false;
+                let mut scheduled = pace.map(|p| start + p.mul_f64(i as f64 / conns as f64));
+                let mut free_since = start;
                 while Instant::now() < end {
                     let Some(req) = pool.next() else {
                         exhausted = true;
                         break;
                     };
+                    if let Some(at) = scheduled
+                        && Instant::now() < at
+                    {
+                        tokio::time::sleep_until(at.into()).await;
+                    }
                     let request = req.build(&host);
                     let t0 = Instant::now();
                     let ok = match send.send_request(request).await {
@@ -417,6 +445,14 @@ async fn drive(
                         Err(_) => false,
                     };
                     let t1 = Instant::now();
+                    let from = match scheduled {
+                        Some(at) if free_since > at => at,
+                        _ => t0,
+                    };
+                    free_since = t1;
+                    if let (Some(at), Some(p)) = (&mut scheduled, pace) {
+                        *at += p;
+                    }
                     if !ok {
                         unexpected += 1;
                         if send.ready().await.is_err() {
@@ -424,7 +460,7 @@ async fn drive(
                         }
                     }
                     if t1 >= measure_from && t1 < end {
-                        latencies.push(t1 - t0);
+                        latencies.push(t1 - from);
                         last = t1;
                     }
                 }
@@ -915,6 +951,12 @@ fn main() {
     let served = || s.sim.reviews_served();
     let conns = settings.conns;
     let (w, m) = (settings.warmup, settings.measure);
+    let closed = |conns| Load {
+        conns,
+        warmup: w,
+        measure: m,
+        pace: None,
+    };
 
     let report = load_rt.block_on(async {
         // Warm the cache: every warm token once (plus the caller's own token, once).
@@ -925,9 +967,12 @@ fn main() {
             "warm-up",
             &gate,
             Arc::clone(&warm_pool),
-            16,
-            Duration::ZERO,
-            Duration::from_secs(60),
+            Load {
+                conns: 16,
+                warmup: Duration::ZERO,
+                measure: Duration::from_secs(60),
+                pace: None,
+            },
             ok_review,
         )
         .await;
@@ -983,9 +1028,7 @@ fn main() {
                 "baseline (axum, fixed 201 JSON)",
                 &baseline,
                 cached_pool(),
-                conns,
-                w,
-                m,
+                closed(conns),
                 ok_review,
             )
             .await;
@@ -994,9 +1037,7 @@ fn main() {
                 "baseline + the gate's middleware and server",
                 &layered,
                 cached_pool(),
-                conns,
-                w,
-                m,
+                closed(conns),
                 ok_review,
             )
             .await;
@@ -1006,9 +1047,7 @@ fn main() {
                     "(a) cached /review",
                     &gate,
                     cached_pool(),
-                    conns,
-                    w,
-                    m,
+                    closed(conns),
                     ok_review,
                 )
                 .await;
@@ -1016,7 +1055,7 @@ fn main() {
             }
             if settings.runs("b") && auth_available {
                 let pool = Pool::new(warm.iter().map(|t| Req::auth(t)).collect(), true);
-                let run = drive("(b) cached /auth", &gate, pool, conns, w, m, auth_expect).await;
+                let run = drive("(b) cached /auth", &gate, pool, closed(conns), auth_expect).await;
                 keep(&mut runs.auth, run);
             }
             if settings.runs("c") {
@@ -1025,9 +1064,7 @@ fn main() {
                     "(c) local rejection (expired token)",
                     &gate,
                     pool,
-                    conns,
-                    w,
-                    m,
+                    closed(conns),
                     expired_expect,
                 )
                 .await;
@@ -1052,9 +1089,7 @@ fn main() {
                     "(d) forged-token flood (distinct)",
                     &gate,
                     Arc::clone(&pool),
-                    conns,
-                    w,
-                    m,
+                    closed(conns),
                     forged_expect,
                 )
                 .await;
@@ -1070,6 +1105,39 @@ fn main() {
                 expected: 0,
                 served: forged_served,
             });
+        }
+
+        // The same cached requests at one offered rate for all (open loop): a share of the
+        // baseline's closed-loop rate, so that neither server is saturated.
+        if let Some(base) = runs
+            .baseline
+            .as_ref()
+            .filter(|_| settings.paced_share > 0.0)
+        {
+            let rate = base.rps() * settings.paced_share;
+            let paced = Load {
+                pace: Some(Duration::from_secs_f64(conns as f64 / rate)),
+                ..closed(conns)
+            };
+            runs.paced_rate = rate;
+            for round in 1..=settings.rounds {
+                eprintln!(
+                    "paced round {round}/{}: {rate:.0} req/s offered…",
+                    settings.rounds
+                );
+                let run = drive("baseline", &baseline, cached_pool(), paced, ok_review).await;
+                keep(&mut runs.paced.baseline, run);
+                if settings.runs("a") {
+                    let run =
+                        drive("(a) cached /review", &gate, cached_pool(), paced, ok_review).await;
+                    keep(&mut runs.paced.cached, run);
+                }
+                if settings.runs("b") && auth_available {
+                    let pool = Pool::new(warm.iter().map(|t| Req::auth(t)).collect(), true);
+                    let run = drive("(b) cached /auth", &gate, pool, paced, auth_expect).await;
+                    keep(&mut runs.paced.auth, run);
+                }
+            }
         }
         audits.push(Audit {
             what: "(a)-(d): cached, expired and forged tokens".into(),
@@ -1101,9 +1169,7 @@ fn main() {
                 "(e) miss: the sim directly (HTTPS)",
                 &s.sim_target,
                 Arc::clone(&pool),
-                c,
-                w,
-                m,
+                closed(c),
                 ok_review,
             )
             .await;
@@ -1118,9 +1184,7 @@ fn main() {
                 "(e) miss: through the gate",
                 &gate,
                 Arc::clone(&pool),
-                c,
-                w,
-                m,
+                closed(c),
                 ok_review,
             )
             .await;
@@ -1172,9 +1236,20 @@ fn main() {
     load_rt.shutdown_timeout(Duration::from_secs(1));
 }
 
+/// The cases run again at a fixed offered rate.
+#[derive(Default)]
+struct Paced {
+    baseline: Option<Run>,
+    cached: Option<Run>,
+    auth: Option<Run>,
+}
+
 #[derive(Default)]
 struct Runs {
     response_bytes: usize,
+    /// Requests per second offered in the paced rounds.
+    paced_rate: f64,
+    paced: Paced,
     baseline: Option<Run>,
     layered: Option<Run>,
     forged: Option<Run>,
@@ -1389,6 +1464,8 @@ fn render(
         "\nContext switches per 1,000 requests, of the servers' threads / the load generator's: {switched}."
     );
 
+    render_paced(&mut out, settings, runs);
+
     let _ = writeln!(
         out,
         "\nAPI-server calls (TokenReviews the sim served vs distinct (token, audiences) sent):\n"
@@ -1466,4 +1543,59 @@ fn render(
         all.len()
     );
     out
+}
+
+/// The paced rounds' table: latency at one offered rate, for information.
+fn render_paced(out: &mut String, settings: &Settings, runs: &Runs) {
+    let Some(base) = &runs.paced.baseline else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nAt one offered rate for all, open loop: {:.0} req/s ({:.0} % of the baseline's closed-loop rate) over {} connections; \
+         a request's latency counts from its scheduled send when its connection was still busy then (diag, no target):\n",
+        runs.paced_rate,
+        settings.paced_share * 100.0,
+        settings.conns,
+    );
+    let _ = writeln!(
+        out,
+        "| {:<38} | {:>8} | {:>7} | {:>7} | {:>8} | {:>7} | {:>5} | {:<22} |",
+        "case", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "cpu µs", "bad", "vs baseline"
+    );
+    let _ = writeln!(
+        out,
+        "|{}|{}|{}|{}|{}|{}|{}|{}|",
+        "-".repeat(40),
+        "-".repeat(10),
+        "-".repeat(9),
+        "-".repeat(9),
+        "-".repeat(10),
+        "-".repeat(9),
+        "-".repeat(7),
+        "-".repeat(24)
+    );
+    for run in [
+        Some(base),
+        runs.paced.cached.as_ref(),
+        runs.paced.auth.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let ratio = |p: f64| run.pct(p).as_secs_f64() / base.pct(p).as_secs_f64();
+        let vs = format!("{:.2}× p50, {:.2}× p99", ratio(0.5), ratio(0.99));
+        let _ = writeln!(
+            out,
+            "| {:<38} | {:>8.0} | {:>7} | {:>7} | {:>8} | {:>7.1} | {:>5} | {:<22} |",
+            run.name,
+            run.rps(),
+            us(run.pct(0.50)),
+            us(run.pct(0.99)),
+            us(run.pct(0.999)),
+            run.cpu_per_request().as_secs_f64() * 1e6,
+            run.unexpected,
+            vs,
+        );
+    }
 }
