@@ -1298,20 +1298,7 @@ fn render(
         "vs baseline",
         "target"
     );
-    let _ = writeln!(
-        out,
-        "|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|",
-        "-".repeat(40),
-        "-".repeat(7),
-        "-".repeat(10),
-        "-".repeat(9),
-        "-".repeat(9),
-        "-".repeat(10),
-        "-".repeat(9),
-        "-".repeat(7),
-        "-".repeat(48),
-        "-".repeat(8)
-    );
+    let _ = writeln!(out, "{}", rule(&[40, 7, 10, 9, 9, 10, 9, 7, 48, 8]));
     let ratios = |run: &Run| {
         (
             Spread::of_rounds(run, base, |(rps, _)| rps),
@@ -1475,14 +1462,7 @@ fn render(
         "| {:<66} | {:>8} | {:>6} | {:<6} |",
         "phase", "distinct", "served", "target"
     );
-    let _ = writeln!(
-        out,
-        "|{}|{}|{}|{}|",
-        "-".repeat(68),
-        "-".repeat(10),
-        "-".repeat(8),
-        "-".repeat(8)
-    );
+    let _ = writeln!(out, "{}", rule(&[68, 10, 8, 8]));
     let mut calls_ok = true;
     for a in audits {
         let ok = a.served == a.expected;
@@ -1545,6 +1525,12 @@ fn render(
     out
 }
 
+/// A Markdown table's rule under its header, for columns `widths` wide.
+fn rule(widths: &[usize]) -> String {
+    let dashes: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
+    format!("|{}|", dashes.join("|"))
+}
+
 /// The paced rounds' table: latency at one offered rate, for information.
 fn render_paced(out: &mut String, settings: &Settings, runs: &Runs) {
     let Some(base) = &runs.paced.baseline else {
@@ -1563,18 +1549,7 @@ fn render_paced(out: &mut String, settings: &Settings, runs: &Runs) {
         "| {:<38} | {:>8} | {:>7} | {:>7} | {:>8} | {:>7} | {:>5} | {:<22} |",
         "case", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "cpu µs", "bad", "vs baseline"
     );
-    let _ = writeln!(
-        out,
-        "|{}|{}|{}|{}|{}|{}|{}|{}|",
-        "-".repeat(40),
-        "-".repeat(10),
-        "-".repeat(9),
-        "-".repeat(9),
-        "-".repeat(10),
-        "-".repeat(9),
-        "-".repeat(7),
-        "-".repeat(24)
-    );
+    let _ = writeln!(out, "{}", rule(&[40, 10, 9, 9, 10, 9, 7, 24]));
     for run in [
         Some(base),
         runs.paced.cached.as_ref(),

@@ -404,9 +404,9 @@ impl Reviewer {
     /// when `token` is that caller's and the admission still holds at `now`: the verdict
     /// it rests on is live, no revocation or clear of the cache happened since it was
     /// looked up, and `access_generation` is the one it was allowed under. That costs
-    /// a comparison and three atomic reads, where the cache lookup, the settings' and
-    /// the allow-list's locks cost about 0.4 µs a request under load, most of it in
-    /// cache lines passed between the cores. Counted as a decision from the cache.
+    /// a comparison and three atomic reads instead of a cache lookup and the settings'
+    /// and the allow-list's locks (BENCHMARKS.md has what that is worth under load).
+    /// Counted as a decision from the cache.
     pub fn admitted(
         &self,
         token: &str,
