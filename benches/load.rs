@@ -842,6 +842,24 @@ fn us(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1e6)
 }
 
+/// The header of the cases' tables, rule included.
+fn header() -> String {
+    format!(
+        "| {:<38} | {:>5} | {:>8} | {:>7} | {:>7} | {:>8} | {:>7} | {:>5} | {:<46} | {:<6} |\n{}",
+        "case",
+        "conns",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "cpu µs",
+        "bad",
+        "vs baseline",
+        "target",
+        rule(&[40, 7, 10, 9, 9, 10, 9, 7, 48, 8])
+    )
+}
+
 fn row(run: &Run, vs: &str, verdict: &str) -> String {
     let rps = if run.exhausted {
         format!("{:.0}*", run.rps())
@@ -1284,21 +1302,7 @@ fn render(
         settings.conns,
         runs.response_bytes,
     );
-    let _ = writeln!(
-        out,
-        "| {:<38} | {:>5} | {:>8} | {:>7} | {:>7} | {:>8} | {:>7} | {:>5} | {:<46} | {:<6} |",
-        "case",
-        "conns",
-        "req/s",
-        "p50 µs",
-        "p99 µs",
-        "p99.9 µs",
-        "cpu µs",
-        "bad",
-        "vs baseline",
-        "target"
-    );
-    let _ = writeln!(out, "{}", rule(&[40, 7, 10, 9, 9, 10, 9, 7, 48, 8]));
+    let _ = writeln!(out, "{}", header());
     let ratios = |run: &Run| {
         (
             Spread::of_rounds(run, base, |(rps, _)| rps),
@@ -1544,12 +1548,7 @@ fn render_paced(out: &mut String, settings: &Settings, runs: &Runs) {
         settings.paced_share * 100.0,
         settings.conns,
     );
-    let _ = writeln!(
-        out,
-        "| {:<38} | {:>8} | {:>7} | {:>7} | {:>8} | {:>7} | {:>5} | {:<22} |",
-        "case", "req/s", "p50 µs", "p99 µs", "p99.9 µs", "cpu µs", "bad", "vs baseline"
-    );
-    let _ = writeln!(out, "{}", rule(&[40, 10, 9, 9, 10, 9, 7, 24]));
+    let _ = writeln!(out, "{}", header());
     for run in [
         Some(base),
         runs.paced.cached.as_ref(),
@@ -1560,17 +1559,6 @@ fn render_paced(out: &mut String, settings: &Settings, runs: &Runs) {
     {
         let ratio = |p: f64| run.pct(p).as_secs_f64() / base.pct(p).as_secs_f64();
         let vs = format!("{:.2}× p50, {:.2}× p99", ratio(0.5), ratio(0.99));
-        let _ = writeln!(
-            out,
-            "| {:<38} | {:>8.0} | {:>7} | {:>7} | {:>8} | {:>7.1} | {:>5} | {:<22} |",
-            run.name,
-            run.rps(),
-            us(run.pct(0.50)),
-            us(run.pct(0.99)),
-            us(run.pct(0.999)),
-            run.cpu_per_request().as_secs_f64() * 1e6,
-            run.unexpected,
-            vs,
-        );
+        let _ = writeln!(out, "{}", row(run, &vs, "diag"));
     }
 }
