@@ -1012,6 +1012,7 @@ fn main() {
 
         let before = served();
         let cached_pool = || Pool::new(warm.iter().map(|t| review("/review", t)).collect(), true);
+        let auth_pool = || Pool::new(warm.iter().map(|t| Req::auth(t)).collect(), true);
         let mut forged_sent = 0;
         let mut forged_served = 0;
         let forged_expect = Expect {
@@ -1072,8 +1073,14 @@ fn main() {
                 keep(&mut runs.cached, run);
             }
             if settings.runs("b") && auth_available {
-                let pool = Pool::new(warm.iter().map(|t| Req::auth(t)).collect(), true);
-                let run = drive("(b) cached /auth", &gate, pool, closed(conns), auth_expect).await;
+                let run = drive(
+                    "(b) cached /auth",
+                    &gate,
+                    auth_pool(),
+                    closed(conns),
+                    auth_expect,
+                )
+                .await;
                 keep(&mut runs.auth, run);
             }
             if settings.runs("c") {
@@ -1151,8 +1158,8 @@ fn main() {
                     keep(&mut runs.paced.cached, run);
                 }
                 if settings.runs("b") && auth_available {
-                    let pool = Pool::new(warm.iter().map(|t| Req::auth(t)).collect(), true);
-                    let run = drive("(b) cached /auth", &gate, pool, paced, auth_expect).await;
+                    let run =
+                        drive("(b) cached /auth", &gate, auth_pool(), paced, auth_expect).await;
                     keep(&mut runs.paced.auth, run);
                 }
             }

@@ -146,13 +146,13 @@ pub struct RememberedCaller {
     key: crate::cache::Key,
     /// Set once a request of this caller was authenticated and allowed (see
     /// [`Reviewer::admit`]).
-    admitted: Option<Admitted>,
+    admitted: Option<CallerAdmission>,
 }
 
 /// A caller's admission, remembered by its connection: it holds while the verdict it
 /// rests on is live and nothing that could end it sooner happened since.
 #[derive(Clone, Copy)]
-struct Admitted {
+struct CallerAdmission {
     /// The cached verdict's deadline.
     until: Deadline,
     /// [`VerdictCache::generation`] before that verdict was looked up.
@@ -440,11 +440,14 @@ impl Reviewer {
         if remembered.key != *key {
             return;
         }
-        remembered.admitted = self.cache.live_deadline(key, now).map(|until| Admitted {
-            until,
-            generation: *generation,
-            access: access_generation,
-        });
+        remembered.admitted = self
+            .cache
+            .live_deadline(key, now)
+            .map(|until| CallerAdmission {
+                until,
+                generation: *generation,
+                access: access_generation,
+            });
     }
 
     /// Authenticates a caller of the TokenReview endpoints as the API server would
