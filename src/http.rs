@@ -343,6 +343,13 @@ tokio::task_local! {
     static REMEMBERED_CALLER: RefCell<Option<RememberedCaller>>;
 }
 
+/// Runs `requests` as one connection's requests run: with the connection's memory of
+/// its caller, which a request outside it does without. The server runs each connection
+/// in one; a benchmark runs a series of in-process requests in one.
+pub fn as_one_connection<F: Future>(requests: F) -> impl Future<Output = F::Output> {
+    REMEMBERED_CALLER.scope(RefCell::new(None), requests)
+}
+
 async fn serve_with<L>(
     mut listener: L,
     limits: Limits,
@@ -382,7 +389,7 @@ where
             }
             drop(permit);
         };
-        tokio::spawn(REMEMBERED_CALLER.scope(RefCell::new(None), connection));
+        tokio::spawn(as_one_connection(connection));
     }
     drop(listener);
     graceful.shutdown().await;
