@@ -271,8 +271,18 @@ struct Run {
     server_cpu: Duration,
     /// Context switches inside the window: of the server threads, of the load generator's.
     switches: Threads<u64>,
-    /// Each round's requests per second and server CPU seconds per request.
-    rounds: Vec<(f64, f64)>,
+    /// Each round's own figures.
+    rounds: Vec<Round>,
+}
+
+/// One round's figures, to be set against the same round's baseline.
+#[derive(Clone, Copy)]
+struct Round {
+    rps: f64,
+    /// Server CPU seconds per request.
+    cpu: f64,
+    /// Seconds.
+    p99: f64,
 }
 
 impl Run {
@@ -325,12 +335,12 @@ struct Spread {
 }
 
 impl Spread {
-    fn of_rounds(run: &Run, base: &Run, figure: impl Fn((f64, f64)) -> f64) -> Spread {
+    fn of_rounds(run: &Run, base: &Run, figure: impl Fn(&Round) -> f64) -> Spread {
         let mut ratios: Vec<f64> = run
             .rounds
             .iter()
             .zip(&base.rounds)
-            .map(|(&r, &b)| figure(r) / figure(b))
+            .map(|(r, b)| figure(r) / figure(b))
             .collect();
         ratios.sort_by(f64::total_cmp);
         let median = match ratios.len() {
@@ -504,7 +514,11 @@ async fn drive(name: &str, target: &Target, pool: Arc<Pool>, load: Load, expect:
         switches,
         rounds: Vec::new(),
     };
-    run.rounds = vec![(run.rps(), run.cpu_per_request().as_secs_f64())];
+    run.rounds = vec![Round {
+        rps: run.rps(),
+        cpu: run.cpu_per_request().as_secs_f64(),
+        p99: run.pct(0.99).as_secs_f64(),
+    }];
     run
 }
 
@@ -1312,9 +1326,9 @@ fn render(
     let _ = writeln!(out, "{}", header());
     let ratios = |run: &Run| {
         (
-            Spread::of_rounds(run, base, |(rps, _)| rps),
+            Spread::of_rounds(run, base, |r| r.rps),
             run.pct(0.99).as_secs_f64() / base_p99,
-            Spread::of_rounds(run, base, |(_, cpu)| cpu).median,
+            Spread::of_rounds(run, base, |r| r.cpu).median,
         )
     };
     let unavailable = |out: &mut String, case: &str, why: &str| {
@@ -1564,8 +1578,9 @@ fn render_paced(out: &mut String, settings: &Settings, runs: &Runs) {
     .into_iter()
     .flatten()
     {
-        let ratio = |p: f64| run.pct(p).as_secs_f64() / base.pct(p).as_secs_f64();
-        let vs = format!("{:.2}× p50, {:.2}× p99", ratio(0.5), ratio(0.99));
+        let p50 = run.pct(0.5).as_secs_f64() / base.pct(0.5).as_secs_f64();
+        let p99 = Spread::of_rounds(run, base, |r| r.p99);
+        let vs = format!("{p50:.2}× p50, {p99} p99");
         let _ = writeln!(out, "{}", row(run, &vs, "diag"));
     }
 }
