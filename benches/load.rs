@@ -22,6 +22,9 @@
 //! round, not the verdict.
 //! The baseline is a minimal axum server on the same kind of listener that reads the
 //! request body and answers the gate's own cached TokenReview response, byte for byte.
+//! Driven with (b)'s requests too, it answers as the gate's `/auth` does (200, the same
+//! identity headers): a row for information beside (b), whose exchange is not a
+//! TokenReview's.
 //!
 //! Prints one table, the API-server call audit and the memory figure, each with
 //! PASS/MISS against the targets of issue 6.
@@ -582,17 +585,17 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
-/// One request, its status and body (setup, not measured).
-async fn once(target: &Target, req: &Req) -> (StatusCode, Bytes) {
+/// One request's answer (setup, not measured).
+async fn once(target: &Target, req: &Req) -> axum::http::Response<Bytes> {
     let host = HeaderValue::from_str(&target.addr().to_string()).expect("host");
     let mut send = target.connect().await;
     let response = send
         .send_request(req.build(&host))
         .await
         .expect("a request");
-    let status = response.status();
-    let body = response.into_body().collect().await.expect("a body");
-    (status, body.to_bytes())
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("a body").to_bytes();
+    axum::http::Response::from_parts(parts, body)
 }
 
 /// `BURST` connections, opened first, then all send the same request at once. Returns
@@ -647,9 +650,18 @@ struct Servers {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// What the baseline answers: the gate's own answers to a cached review and a cached
+/// `/auth`, set once the gate has given them.
+#[derive(Default)]
+struct Answers {
+    review: std::sync::OnceLock<Bytes>,
+    /// The identity headers and the body.
+    auth: std::sync::OnceLock<(axum::http::HeaderMap, Bytes)>,
+}
+
 /// Starts the sim (HTTPS, as the API server is) and the gate in front of it, configured
 /// as `tokengate dev` configures it, and waits until the gate is ready.
-async fn start_servers(baseline_body: Arc<std::sync::OnceLock<Bytes>>) -> Servers {
+async fn start_servers(answers: Arc<Answers>) -> Servers {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let sim = Sim::start(SimOptions {
         out_dir: Some(dir.path().to_owned()),
@@ -672,23 +684,33 @@ async fn start_servers(baseline_body: Arc<std::sync::OnceLock<Bytes>>) -> Server
     state.reviewer.upstream().wait_ready().await;
 
     // The baseline: the least an HTTP server on this stack can do for a TokenReview
-    // (read the body, answer 201 with JSON of the gate's size).
+    // (read the body, answer 201 with JSON of the gate's size), and for `/auth` (answer
+    // 200 with the gate's identity headers).
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let baseline = listener.local_addr().expect("local address");
     let listener_plain = listener;
-    let app = axum::Router::new().route(
-        "/review",
-        axum::routing::post(move |_body: Bytes| {
-            let body = baseline_body.get().cloned().unwrap_or_default();
-            async move {
-                (
-                    StatusCode::CREATED,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    body,
-                )
-            }
-        }),
-    );
+    let auth_answers = Arc::clone(&answers);
+    let app = axum::Router::new()
+        .route(
+            "/review",
+            axum::routing::post(move |_body: Bytes| {
+                let body = answers.review.get().cloned().unwrap_or_default();
+                async move {
+                    (
+                        StatusCode::CREATED,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        body,
+                    )
+                }
+            }),
+        )
+        .route(
+            "/auth",
+            axum::routing::get(move || {
+                let (headers, body) = auth_answers.auth.get().cloned().unwrap_or_default();
+                async move { (StatusCode::OK, headers, body) }
+            }),
+        );
     // The same, under the gate's middleware stack (as `http::router` builds it): tells
     // what the stack costs apart from the handler.
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -930,8 +952,8 @@ fn main() {
         .build()
         .expect("a runtime");
 
-    let baseline_body = Arc::new(std::sync::OnceLock::new());
-    let s = servers_rt.block_on(start_servers(Arc::clone(&baseline_body)));
+    let answers = Arc::new(Answers::default());
+    let s = servers_rt.block_on(start_servers(Arc::clone(&answers)));
     let gate = Target::Plain(s.gate);
     let baseline = Target::Plain(s.baseline);
     let layered = Target::Plain(s.layered);
@@ -1017,12 +1039,18 @@ fn main() {
         });
 
         // The baseline answers the gate's own cached response.
-        let (status, body) = once(&gate, &review("/review", &warm[0])).await;
-        assert_eq!(status, StatusCode::CREATED);
-        let response_bytes = body.len();
-        baseline_body.set(body).expect("set once");
-        let (auth_status, _) = once(&gate, &Req::auth(&warm[0])).await;
-        let auth_available = auth_status != StatusCode::NOT_FOUND;
+        let answer = once(&gate, &review("/review", &warm[0])).await;
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        let response_bytes = answer.body().len();
+        answers.review.set(answer.into_body()).expect("set once");
+        let answer = once(&gate, &Req::auth(&warm[0])).await;
+        let auth_available = answer.status() != StatusCode::NOT_FOUND;
+        let (parts, body) = answer.into_parts();
+        let mut headers = parts.headers;
+        // Those hyper writes for every answer.
+        headers.remove(header::DATE);
+        headers.remove(header::CONTENT_LENGTH);
+        answers.auth.set((headers, body)).expect("set once");
 
         let before = served();
         let cached_pool = || Pool::new(warm.iter().map(|t| review("/review", t)).collect(), true);
@@ -1087,6 +1115,15 @@ fn main() {
                 keep(&mut runs.cached, run);
             }
             if settings.runs("b") && auth_available {
+                let run = drive(
+                    "baseline, /auth-sized (fixed 200)",
+                    &baseline,
+                    auth_pool(),
+                    closed(conns),
+                    auth_expect,
+                )
+                .await;
+                keep(&mut runs.baseline_auth, run);
                 let run = drive(
                     "(b) cached /auth",
                     &gate,
@@ -1290,6 +1327,8 @@ struct Runs {
     paced_rate: f64,
     paced: Paced,
     baseline: Option<Run>,
+    /// The baseline driven with (b)'s requests, answering as the gate's `/auth` does.
+    baseline_auth: Option<Run>,
     layered: Option<Run>,
     forged: Option<Run>,
     signatures: bool,
@@ -1311,7 +1350,6 @@ fn render(
     memory: Option<&(Memory, Memory)>,
 ) -> String {
     let base = runs.baseline.as_ref().expect("the baseline always runs");
-    let base_p99 = base.pct(0.99).as_secs_f64();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -1324,13 +1362,14 @@ fn render(
         runs.response_bytes,
     );
     let _ = writeln!(out, "{}", header());
-    let ratios = |run: &Run| {
+    let ratios_to = |run: &Run, base: &Run| {
         (
             Spread::of_rounds(run, base, |r| r.rps),
-            run.pct(0.99).as_secs_f64() / base_p99,
+            run.pct(0.99).as_secs_f64() / base.pct(0.99).as_secs_f64(),
             Spread::of_rounds(run, base, |r| r.cpu).median,
         )
     };
+    let ratios = |run: &Run| ratios_to(run, base);
     let unavailable = |out: &mut String, case: &str, why: &str| {
         let _ = writeln!(out, "| {case:<38} | {why:<w$} |", w = ROW - 40 - 5);
     };
@@ -1364,6 +1403,14 @@ fn render(
     match &runs.auth {
         Some(run) => {
             let _ = writeln!(out, "{}", cached_row(run, &mut all));
+            // The baseline's exchange is a TokenReview's, as the issue sets it; (b)'s is
+            // smaller (no body either way but the identity headers). Against a baseline
+            // of its own size, for information.
+            if let Some(auth_base) = &runs.baseline_auth {
+                let (r, p, c) = ratios_to(run, auth_base);
+                let vs = format!("(b): {:.2}× req/s, {p:.2}× p99, {c:.2}× cpu", r.median);
+                let _ = writeln!(out, "{}", row(auth_base, &vs, "diag"));
+            }
         }
         None if !runs.auth_available => unavailable(
             &mut out,
