@@ -672,8 +672,15 @@ async fn start_servers(answers: Arc<Answers>) -> Servers {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gate = listener.local_addr().expect("local address");
     let text = tokengate::cli::dev_config(gate, &sim.url(), dir.path(), sim.issuer());
-    let config = tokengate::config::from_str(&text, Vec::<(String, String)>::new())
-        .expect("the dev configuration is valid");
+    // One change from `tokengate dev`: no verdict expires within a run (the default
+    // max_ttl is 2 minutes, a full run longer), so that the audit can hold the gate to
+    // exactly one API-server call per distinct (token, audiences) over the run. With the
+    // default, the caller's own verdict expired during (e) and was, rightly, asked about
+    // again: one call more than the distinct tokens of that phase.
+    let max_ttl = [("TOKENGATE_CACHE_MAX_TTL".to_owned(), "1h".to_owned())];
+    let config =
+        tokengate::config::from_str(&text, max_ttl).expect("the dev configuration is valid");
+    assert_eq!(config.cache.max_ttl, Duration::from_secs(3600));
     let built = tokengate::build(&config).await.expect("the gate builds");
     let state = Arc::clone(&built.state);
     let signatures = state.reviewer.keys().is_some();
