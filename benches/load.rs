@@ -1087,71 +1087,45 @@ fn main() {
             Some(acc) => acc.merge(run),
             None => *slot = Some(run),
         };
+        // The closed-loop rounds' drive, its figures added to `slot`.
+        let closed_round = async |slot: &mut Option<Run>,
+                                  name: &str,
+                                  target: &Target,
+                                  pool: Arc<Pool>,
+                                  expect: Expect| {
+            keep(slot, drive(name, target, pool, closed(conns), expect).await);
+        };
         for round in 1..=settings.rounds {
             eprintln!(
                 "round {round}/{}: baselines, (a), (b), (c), (d)…",
                 settings.rounds
             );
-            let run = drive(
-                "baseline (axum, fixed 201 JSON)",
+            let name = "baseline (axum, fixed 201 JSON)";
+            closed_round(
+                &mut runs.baseline,
+                name,
                 &baseline,
                 cached_pool(),
-                closed(conns),
                 ok_review,
             )
             .await;
-            keep(&mut runs.baseline, run);
-            let run = drive(
-                "baseline + the gate's middleware and server",
-                &layered,
-                cached_pool(),
-                closed(conns),
-                ok_review,
-            )
-            .await;
-            keep(&mut runs.layered, run);
+            let name = "baseline + the gate's middleware and server";
+            closed_round(&mut runs.layered, name, &layered, cached_pool(), ok_review).await;
             if settings.runs("a") {
-                let run = drive(
-                    "(a) cached /review",
-                    &gate,
-                    cached_pool(),
-                    closed(conns),
-                    ok_review,
-                )
-                .await;
-                keep(&mut runs.cached, run);
+                let name = "(a) cached /review";
+                closed_round(&mut runs.cached, name, &gate, cached_pool(), ok_review).await;
             }
             if settings.runs("b") && auth_available {
-                let run = drive(
-                    "baseline, /auth-sized (fixed 200)",
-                    &baseline,
-                    auth_pool(),
-                    closed(conns),
-                    auth_expect,
-                )
-                .await;
-                keep(&mut runs.baseline_auth, run);
-                let run = drive(
-                    "(b) cached /auth",
-                    &gate,
-                    auth_pool(),
-                    closed(conns),
-                    auth_expect,
-                )
-                .await;
-                keep(&mut runs.auth, run);
+                let name = "baseline, /auth-sized (fixed 200)";
+                let slot = &mut runs.baseline_auth;
+                closed_round(slot, name, &baseline, auth_pool(), auth_expect).await;
+                let name = "(b) cached /auth";
+                closed_round(&mut runs.auth, name, &gate, auth_pool(), auth_expect).await;
             }
             if settings.runs("c") {
                 let pool = Pool::new(expired.iter().map(|t| review("/review", t)).collect(), true);
-                let run = drive(
-                    "(c) local rejection (expired token)",
-                    &gate,
-                    pool,
-                    closed(conns),
-                    expired_expect,
-                )
-                .await;
-                keep(&mut runs.local, run);
+                let name = "(c) local rejection (expired token)";
+                closed_round(&mut runs.local, name, &gate, pool, expired_expect).await;
             }
             if settings.runs("d") && signatures {
                 // Distinct forged tokens, one per request: each costs a signature check
@@ -1168,17 +1142,11 @@ fn main() {
                     false,
                 );
                 let before_forged = served();
-                let run = drive(
-                    "(d) forged-token flood (distinct)",
-                    &gate,
-                    Arc::clone(&pool),
-                    closed(conns),
-                    forged_expect,
-                )
-                .await;
+                let name = "(d) forged-token flood (distinct)";
+                let slot = &mut runs.forged;
+                closed_round(slot, name, &gate, Arc::clone(&pool), forged_expect).await;
                 forged_sent += pool.sent();
                 forged_served += served() - before_forged;
-                keep(&mut runs.forged, run);
             }
         }
         if forged_sent > 0 {
