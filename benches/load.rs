@@ -1054,7 +1054,7 @@ fn main() {
         let auth_available = answer.status() != StatusCode::NOT_FOUND;
         let (parts, body) = answer.into_parts();
         let mut headers = parts.headers;
-        // Those hyper writes for every answer.
+        // hyper writes these two itself, for every answer.
         headers.remove(header::DATE);
         headers.remove(header::CONTENT_LENGTH);
         answers.auth.set((headers, body)).expect("set once");
