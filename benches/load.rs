@@ -1,6 +1,5 @@
 //! The load benchmark: a real gate in front of a real sim on loopback, driven by a
-//! load generator in closed loop (req/s: what each server sustains) and then in open loop
-//! at one offered rate (latency), against a baseline measured in the same run.
+//! closed-loop load generator, against a baseline measured in the same run.
 //!
 //! Run: `cargo bench --bench load` (release build). `cargo test --all-targets` runs it once
 //! without `--bench`, as a smoke test at toy sizes that measures nothing. Settings, by
@@ -27,15 +26,9 @@
 //! identity headers): a row for information beside (b), whose exchange is not a
 //! TokenReview's.
 //!
-//! Then paced rounds (`TOKENGATE_BENCH_PACED_SHARE`, default 0.5): the baseline, (a) and
-//! (b) again, each offered the same rate, a share of the baseline's closed-loop rate. The
-//! p99 targets of (a) and (b) are judged there. A saturated closed loop's latency is its
-//! connections over its rate (Little's law), and its p99 on two shared cores is the share
-//! of requests that wait out a scheduler slice: it swings with which side of the loop is
-//! the slower one, not with what the server adds (BENCHMARKS.md, "What limits").
-//!
-//! Prints the closed-loop table, the open-loop one, the API-server call audit and the
-//! memory figure, each with PASS/MISS against the targets of issue 6.
+//! Prints the machine's CPUs, the closed-loop table (where the targets are judged), the
+//! paced rounds' table (latency at one offered rate, for information), the API-server
+//! call audit and the memory figure, each with PASS/MISS against the targets of issue 6.
 
 mod common;
 
@@ -1325,7 +1318,7 @@ struct Runs {
 
 const ROW: usize = 40 + 7 + 10 + 9 + 9 + 10 + 9 + 7 + 48 + 8 + 11;
 
-/// The report: one table of cases, the API-server call audit, the memory figure.
+/// The report: the cases' tables, the API-server call audit, the memory figure.
 fn render(
     settings: &Settings,
     runs: &Runs,
@@ -1364,10 +1357,9 @@ fn render(
         let vs = format!("{r} req/s, {p:.2}× p99, {c:.2}× cpu");
         let _ = writeln!(out, "{}", row(layered, &vs, "diag"));
     }
-    // (a) and (b): req/s is judged here, p99 at one offered rate (`render_paced`).
     let cached_row = |run: &Run, all: &mut Vec<bool>| {
         let (r, p, c) = ratios(run);
-        let ok = r.median >= MIN_RPS_RATIO && run.unexpected == 0;
+        let ok = r.median >= MIN_RPS_RATIO && p <= MAX_P99_RATIO && run.unexpected == 0;
         all.push(ok);
         row(
             run,
@@ -1461,9 +1453,6 @@ fn render(
          accounting), the figure least moved by other work on the machine. \
          `bad`: answers that were not the expected status (and, for each connection's first answer, body). \
          `*`: the pool of fresh tokens ran out before the window ended; the rate is over the time it lasted. \
-         (a), (b): their req/s target is judged here, their p99 target at one offered rate (the open-loop \
-         table below): in a saturated closed loop, latency is the connections over the rate (Little's law) \
-         and p99 is how many requests wait out a scheduler slice (below), so the p99 here is for information. \
          (e) rows: \"vs\" is against the sim directly, not the baseline; the miss target (≤ +200 µs p50) \
          is judged at 1 connection, at {} connections it is for information.",
         settings.conns
@@ -1511,7 +1500,7 @@ fn render(
         "\nContext switches per 1,000 requests, of the servers' threads / the load generator's: {switched}."
     );
 
-    render_paced(&mut out, settings, runs, &mut all);
+    render_paced(&mut out, settings, runs);
 
     let _ = writeln!(
         out,
@@ -1585,9 +1574,9 @@ fn render(
     out
 }
 
-/// The CPUs the run had, from `/proc/cpuinfo`: machines of one kind differ (the baseline
-/// took 7.3 µs of CPU a request on one, 12–18 µs on the next), and a table should say
-/// which it was measured on.
+/// The CPUs the run had, from `/proc/cpuinfo`: machines of one kind differ, and a table
+/// should say which it was measured on. The clock is what the kernel reports there, not
+/// necessarily what the CPU runs at.
 fn machine() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
@@ -1599,10 +1588,10 @@ fn machine() -> String {
     let cpus = info.lines().filter(|l| l.starts_with("processor")).count();
     let flags: Vec<&str> = field("flags")
         .split_whitespace()
-        .filter(|f| ["sha_ni", "vaes", "avx2", "avx512f"].contains(f))
+        .filter(|f| ["aes", "vaes", "sha_ni", "avx2", "avx512f"].contains(f))
         .collect();
     format!(
-        "machine: {cpus} × {} at {} MHz ({})",
+        "machine: {cpus} × {}, cpu MHz {} ({})",
         field("model name"),
         field("cpu MHz"),
         flags.join(", ")
@@ -1615,39 +1604,31 @@ fn rule(widths: &[usize]) -> String {
     format!("|{}|", dashes.join("|"))
 }
 
-/// The paced rounds' table: latency at one offered rate, where the p99 targets of (a) and
-/// (b) are judged (the median of the rounds' ratios, as req/s is).
-fn render_paced(out: &mut String, settings: &Settings, runs: &Runs, all: &mut Vec<bool>) {
+/// The paced rounds' table: latency at one offered rate, for information.
+fn render_paced(out: &mut String, settings: &Settings, runs: &Runs) {
     let Some(base) = &runs.paced.baseline else {
-        if runs.cached.is_some() || runs.auth.is_some() {
-            let _ = writeln!(
-                out,
-                "\np99 targets of (a) and (b): not judged, the open-loop rounds are off \
-                 (TOKENGATE_BENCH_PACED_SHARE=0)."
-            );
-        }
         return;
     };
     let _ = writeln!(
         out,
         "\nAt one offered rate for all, open loop: {:.0} req/s ({:.0} % of the baseline's closed-loop rate) over {} connections; \
-         a request's latency counts from its scheduled send when its connection was still busy then. \
-         The p99 targets of (a) and (b) are judged here, on the median of the rounds' ratios (least–greatest beside it):\n",
+         a request's latency counts from its scheduled send when its connection was still busy then (diag, no target):\n",
         runs.paced_rate,
         settings.paced_share * 100.0,
         settings.conns,
     );
     let _ = writeln!(out, "{}", header());
-    let _ = writeln!(out, "{}", row(base, "1.00× p50, 1.00× p99", ""));
-    for run in [runs.paced.cached.as_ref(), runs.paced.auth.as_ref()]
-        .into_iter()
-        .flatten()
+    for run in [
+        Some(base),
+        runs.paced.cached.as_ref(),
+        runs.paced.auth.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
         let p50 = run.pct(0.5).as_secs_f64() / base.pct(0.5).as_secs_f64();
         let p99 = Spread::of_rounds(run, base, |r| r.p99);
-        let ok = p99.median <= MAX_P99_RATIO && run.unexpected == 0;
-        all.push(ok);
         let vs = format!("{p50:.2}× p50, {p99} p99");
-        let _ = writeln!(out, "{}", row(run, &vs, pass(ok)));
+        let _ = writeln!(out, "{}", row(run, &vs, "diag"));
     }
 }
