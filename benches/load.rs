@@ -1581,8 +1581,7 @@ fn machine() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {
         info.lines()
-            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
-            .and_then(|l| l.split_once(':'))
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == name))
             .map_or("?", |(_, v)| v.trim())
     };
     let cpus = info.lines().filter(|l| l.starts_with("processor")).count();
