@@ -747,9 +747,11 @@ async fn start_servers(answers: Arc<Answers>) -> Servers {
     let layered = serve_as_gate(app.clone()).await;
     // The least any gate must do for a cached review, with the gate's own functions:
     // read the TokenReview, hash its token with the cache's key, look the verdict up and
-    // write the answer from it. No caller check, routing of the gate's other endpoints,
-    // metrics or request accounting. Served as the middleware row is: what is left of
-    // (a)'s cost beyond this row's is the gate's to cut; this row's own is not.
+    // write the answer from it. A lower bound: no caller check, no checks of the
+    // request's apiVersion, kind and token, no routing among the gate's endpoints, no
+    // metrics, all of which the gate also does. Served as the middleware row is, so that
+    // what this row costs beyond that one is the work's, and what (a) costs beyond this
+    // row is the gate's additions.
     let gate_state = Arc::clone(&state);
     let floor_app = axum::Router::new().route(
         "/review",
