@@ -49,15 +49,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls;
 
-use common::{AUDIENCE, Workloads};
+use common::{AUDIENCE, REVIEW_V1, Workloads};
 
 /// Targets of issue 6.
 const MIN_RPS_RATIO: f64 = 0.8;
 const MAX_P99_RATIO: f64 = 1.5;
 const MAX_BYTES_PER_VERDICT: f64 = 512.0;
 const MAX_MISS_P50_ADDED: Duration = Duration::from_micros(200);
-/// The TokenReview API version the requests of (a) name.
-const REVIEW_V1: &str = "authentication.k8s.io/v1";
 const BURST: usize = 256;
 /// Longer than any answer takes unless its thread was switched out (see `render`).
 const SLOW: Duration = Duration::from_millis(2);
@@ -745,45 +743,10 @@ async fn start_servers(answers: Arc<Answers>) -> Servers {
     };
     // The baseline's handler so served: what the stack costs apart from the handler.
     let layered = serve_as_gate(app.clone()).await;
-    // The least any gate must do for a cached review, with the gate's own functions:
-    // read the TokenReview, hash its token with the cache's key, look the verdict up and
-    // write the answer from it. A lower bound: no caller check, no checks of the
-    // request's apiVersion, kind and token, no routing among the gate's endpoints, no
-    // metrics, all of which the gate also does. Served as the middleware row is, so that
-    // what this row costs beyond that one is the work's, and what (a) costs beyond this
-    // row is the gate's additions.
-    let gate_state = Arc::clone(&state);
-    let floor_app = axum::Router::new().route(
-        "/review",
-        axum::routing::post(move |body: Bytes| {
-            let reviewer = &gate_state.reviewer;
-            let answer = serde_json::from_slice::<tokengate::wire::ReviewRequest<'_>>(&body)
-                .ok()
-                .and_then(|request| {
-                    let token = request.spec.token()?;
-                    let audiences = request.spec.audiences.as_deref()?;
-                    let cache = reviewer.cache();
-                    let key = cache.key(token, audiences, tokengate::cache::Purpose::Review);
-                    let verdict = cache.get(&key, reviewer.now())?;
-                    Some(tokengate::wire::answer(REVIEW_V1, &request.spec, &verdict))
-                });
-            async move {
-                match answer {
-                    Some(body) => (
-                        StatusCode::CREATED,
-                        [(header::CONTENT_TYPE, "application/json")],
-                        body,
-                    ),
-                    None => (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        [(header::CONTENT_TYPE, "text/plain")],
-                        b"not a cached review".to_vec(),
-                    ),
-                }
-            }
-        }),
-    );
-    let floor = serve_as_gate(floor_app).await;
+    // The least any gate must do for a cached review (`common::least_a_gate_must_do`),
+    // served as the middleware row is, so that what this row costs beyond that one is the
+    // work's, and what (a) costs beyond this row is the gate's additions.
+    let floor = serve_as_gate(common::least_a_gate_must_do(Arc::clone(&state))).await;
     tokio::spawn(async move { axum::serve(listener_plain, app).await });
 
     let mut roots = rustls::RootCertStore::empty();

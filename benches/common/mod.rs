@@ -13,6 +13,9 @@ use tokengate::sim::{MintRequest, Sim};
 /// The audience the benches' tokens are minted for and reviewed against.
 pub const AUDIENCE: &str = "vault";
 
+/// The TokenReview API version the benches' requests name.
+pub const REVIEW_V1: &str = "authentication.k8s.io/v1";
+
 /// Namespaces, service accounts and pods that tokens are minted for: `pods` pods spread
 /// over ten namespaces, one service account per namespace.
 pub struct Workloads {
@@ -130,4 +133,45 @@ pub fn dependencies(i: usize) -> Vec<String> {
         format!("serviceaccount:5f0c1a2e-8d3b-4c6a-9e71-{:012x}", i % 10),
         format!("pod:a3e4b1c9-2f6d-4e8a-b5c7-{i:012x}"),
     ]
+}
+
+/// The least any gate must do for a cached review, with the gate's own functions: read
+/// the TokenReview, hash its token with the cache's key, look the verdict up in the
+/// gate's cache and write the answer from it. A lower bound: no caller check, no checks
+/// of the request's apiVersion, kind and token, no routing among the gate's endpoints,
+/// no metrics, all of which the gate also does. Anything but a cached verdict's answer
+/// is a 500.
+pub fn least_a_gate_must_do(state: Arc<tokengate::AppState>) -> axum::Router {
+    use axum::body::Bytes;
+    use axum::http::{StatusCode, header};
+    axum::Router::new().route(
+        "/review",
+        axum::routing::post(move |body: Bytes| {
+            let reviewer = &state.reviewer;
+            let answer = serde_json::from_slice::<tokengate::wire::ReviewRequest<'_>>(&body)
+                .ok()
+                .and_then(|request| {
+                    let token = request.spec.token()?;
+                    let audiences = request.spec.audiences.as_deref()?;
+                    let cache = reviewer.cache();
+                    let key = cache.key(token, audiences, tokengate::cache::Purpose::Review);
+                    let verdict = cache.get(&key, reviewer.now())?;
+                    Some(tokengate::wire::answer(REVIEW_V1, &request.spec, &verdict))
+                });
+            async move {
+                match answer {
+                    Some(body) => (
+                        StatusCode::CREATED,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        body,
+                    ),
+                    None => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        [(header::CONTENT_TYPE, "text/plain")],
+                        b"not a cached review".to_vec(),
+                    ),
+                }
+            }
+        }),
+    )
 }
