@@ -720,23 +720,18 @@ async fn start_servers(answers: Arc<Answers>) -> Servers {
                 async move { (StatusCode::OK, headers, body) }
             }),
         );
-    // An app under the gate's middleware stack (as `http::router` builds it), served as
-    // the gate serves (`http::serve`: hyper's HTTP/1 with a header-read timer, a
-    // connection bound, graceful shutdown), not by `axum::serve`.
+    // An app under the gate's middleware stack, served as the gate serves (`http::serve`:
+    // hyper's HTTP/1 with a header-read timer, a connection bound, graceful shutdown),
+    // not by `axum::serve`.
     let limits = config.limits;
     let serve_as_gate = async |app: axum::Router| {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
-        let app = tokengate::http::with_middleware(
-            app,
-            Duration::from_secs(6),
-            Arc::new(tokengate::metrics::Metrics::new()),
-        );
         tokio::spawn(tokengate::http::serve(
             listener,
             None,
             limits,
-            app,
+            common::under_the_gates_middleware(app),
             std::future::pending(),
         ));
         addr

@@ -223,11 +223,9 @@ fn router_benches(c: &mut Criterion) {
         let caller = sim.reviewer_token();
         (built.state, sim, token, caller)
     });
-    let least = http::with_middleware(
-        common::least_a_gate_must_do(std::sync::Arc::clone(&state)),
-        Duration::from_secs(6),
-        std::sync::Arc::new(tokengate::metrics::Metrics::new()),
-    );
+    let least = common::under_the_gates_middleware(common::least_a_gate_must_do(
+        std::sync::Arc::clone(&state),
+    ));
     let router = http::router(state);
     let body = serde_json::to_vec(&serde_json::json!({
         "apiVersion": REVIEW_V1,
@@ -278,11 +276,7 @@ fn router_benches(c: &mut Criterion) {
     // The same handler under the gate's middleware (the request's span, and Admission:
     // the bound on requests in progress, the time budget): what the stack costs apart
     // from the gate's own work.
-    let layered = http::with_middleware(
-        baseline.clone(),
-        Duration::from_secs(6),
-        std::sync::Arc::new(tokengate::metrics::Metrics::new()),
-    );
+    let layered = common::under_the_gates_middleware(baseline.clone());
     let mut group = c.benchmark_group("router");
     group.bench_function("baseline: axum handler answering fixed bytes", |b| {
         b.to_async(&rt).iter(|| call(&baseline, review()))

@@ -135,6 +135,17 @@ pub fn dependencies(i: usize) -> Vec<String> {
     ]
 }
 
+/// `app` under the gate's middleware stack (`http::with_middleware`, as `http::router`
+/// builds it), with the time budget the router gives the dev configuration: its 5 s
+/// upstream budget and a second more.
+pub fn under_the_gates_middleware(app: axum::Router) -> axum::Router {
+    tokengate::http::with_middleware(
+        app,
+        std::time::Duration::from_secs(6),
+        Arc::new(tokengate::metrics::Metrics::new()),
+    )
+}
+
 /// The least any gate must do for a cached review, with the gate's own functions: read
 /// the TokenReview, hash its token with the cache's key, look the verdict up in the
 /// gate's cache and write the answer from it. A lower bound: no caller check, no checks
