@@ -530,9 +530,6 @@ async fn authorize_caller(
     headers: &HeaderMap,
     now: std::time::SystemTime,
 ) -> Result<Arc<Settings>, ApiError> {
-    let Some(token) = bearer(headers) else {
-        return Err(ApiError::Unauthorized);
-    };
     // Read before the caller is checked: a change of access meanwhile voids what is
     // remembered below.
     let access_generation = state.access_generation();
@@ -541,11 +538,14 @@ async fn authorize_caller(
         let remembered = remembered.as_ref()?;
         state
             .reviewer
-            .admitted(token, remembered, access_generation, now)
+            .admitted(bearer_bytes(headers)?, remembered, access_generation, now)
     });
     if let Ok(Some(settings)) = admitted {
         return Ok(settings);
     }
+    let Some(token) = bearer(headers) else {
+        return Err(ApiError::Unauthorized);
+    };
     let key = REMEMBERED_CALLER
         .try_with(|remembered| {
             state
@@ -581,12 +581,31 @@ async fn authorize_caller(
     }
 }
 
-/// The token of an `Authorization: Bearer` header (scheme case-insensitive, as RFC 6750).
+/// The token of an `Authorization: Bearer` header (scheme case-insensitive, as RFC 6750),
+/// when the header's value is visible ASCII (`HeaderValue::to_str`).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    value.get(bearer_token(value.as_bytes())?)
+}
+
+/// The same token's bytes, without the check that the value is visible ASCII: for
+/// comparing with a token already checked, where equal bytes make the check's outcome
+/// known (the rest of the value can only be `Bearer`, a space, spaces and tabs), and
+/// the check, a byte at a time, costs more than the comparison (BENCHMARKS.md).
+fn bearer_bytes(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    value.get(bearer_token(value)?)
+}
+
+/// Where the token is in an `Authorization` value: after the scheme `Bearer` (any case)
+/// and the first space, without the spaces and tabs around it; `None` for another scheme
+/// or no token.
+fn bearer_token(value: &[u8]) -> Option<std::ops::Range<usize>> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = space + 1 + value[space + 1..].iter().take_while(|b| blank(b)).count();
+    let end = value.len() - value[start..].iter().rev().take_while(|b| blank(b)).count();
+    (value[..space].eq_ignore_ascii_case(b"bearer") && start < end).then_some(start..end)
 }
 
 fn review_response(api_version: &str, spec: &ReviewSpec<'_>, decision: &Decision) -> Response {
@@ -781,5 +800,68 @@ mod tests {
             );
         }
         assert_eq!(shed_count(&metrics), "tokengate_requests_shed_total 5");
+    }
+
+    mod bearer {
+        use proptest::prelude::*;
+
+        use super::super::{bearer, bearer_bytes};
+        use axum::http::{HeaderMap, HeaderValue, header};
+
+        /// RFC 6750's reading as the gate did it before the bytes were read apart.
+        fn reference(value: &HeaderValue) -> Option<&str> {
+            let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+            let token = token.trim();
+            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+        }
+
+        fn headers(value: &[u8]) -> Option<HeaderMap> {
+            let value = HeaderValue::from_bytes(value).ok()?;
+            Some(HeaderMap::from_iter([(header::AUTHORIZATION, value)]))
+        }
+
+        #[test]
+        fn reads_the_token_of_a_bearer_value() {
+            for (value, token) in [
+                ("Bearer abc.def", Some("abc.def")),
+                ("bEaReR \t abc \t", Some("abc")),
+                ("Bearer a b", Some("a b")),
+                ("Bearer  ", None),
+                ("Bearer", None),
+                ("Bearer\tabc", None),
+                ("Basic abc", None),
+            ] {
+                let map = headers(value.as_bytes()).unwrap();
+                assert_eq!(bearer(&map), token, "{value:?}");
+                assert_eq!(bearer_bytes(&map), token.map(str::as_bytes), "{value:?}");
+            }
+            assert_eq!(bearer(&HeaderMap::new()), None);
+            assert_eq!(bearer_bytes(&HeaderMap::new()), None);
+        }
+
+        proptest! {
+            /// `bearer` reads every value as the reference does, and `bearer_bytes`
+            /// finds the same token; where the value is not visible ASCII, `bearer`
+            /// refuses it, and `bearer_bytes` never gives a token that `bearer` would
+            /// give, so comparing its bytes with a checked token admits only that token.
+            #[test]
+            fn bearer_bytes_agrees_with_the_checked_reading(
+                value in proptest::collection::vec(
+                    prop::sample::select(b"BbEeAaRrx .\t\x80\xe9\x7f\x01".to_vec()), 0..14),
+                prefix in prop::sample::select(vec!["", "Bearer ", "bearer\t ", "Basic "]),
+            ) {
+                let value = [prefix.as_bytes(), &value].concat();
+                let Some(map) = headers(&value) else { return Ok(()) };
+                let checked = bearer(&map);
+                prop_assert_eq!(checked, reference(&map[header::AUTHORIZATION]));
+                match checked {
+                    Some(token) => prop_assert_eq!(bearer_bytes(&map), Some(token.as_bytes())),
+                    None => if let Some(unchecked) = bearer_bytes(&map) {
+                        let visible = |b: &u8| (b' '..=b'~').contains(b) || *b == b'\t';
+                        prop_assert!(!unchecked.iter().all(visible), "{:?} read {:?}", value, unchecked);
+                    },
+                }
+            }
+        }
     }
 }

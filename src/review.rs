@@ -164,9 +164,9 @@ struct CallerAdmission {
 impl RememberedCaller {
     /// Whether `token` is the remembered one, in time that does not depend on where
     /// they differ (one connection may carry several callers' requests, through a proxy).
-    fn is(&self, token: &str) -> bool {
+    fn is(&self, token: &[u8]) -> bool {
         use secrecy::ExposeSecret as _;
-        constant_time_eq::constant_time_eq(self.token.expose_secret().as_bytes(), token.as_bytes())
+        constant_time_eq::constant_time_eq(self.token.expose_secret().as_bytes(), token)
     }
 }
 
@@ -364,7 +364,7 @@ impl Reviewer {
         let settings = self.settings();
         if let Some(r) = remembered
             && Arc::ptr_eq(&r.settings, &settings)
-            && r.is(token)
+            && r.is(token.as_bytes())
         {
             return CallerKey(r.key, settings, generation);
         }
@@ -386,10 +386,12 @@ impl Reviewer {
     /// looked up, and `access_generation` is the one it was allowed under. That costs
     /// a comparison and three atomic reads instead of a cache lookup and the settings'
     /// and the allow-list's locks (BENCHMARKS.md has what that is worth under load).
-    /// Counted as a decision from the cache.
+    /// Counted as a decision from the cache. `token` may be the bytes a request
+    /// presented, unchecked: only bytes equal to the remembered token, checked when it
+    /// was remembered, are admitted.
     pub fn admitted(
         &self,
-        token: &str,
+        token: &[u8],
         remembered: &RememberedCaller,
         access_generation: u64,
         now: SystemTime,

@@ -774,6 +774,21 @@ async fn one_connection_with_several_callers_judges_each_request_by_its_own_toke
         let (status, answer) = connection.review_as(caller, &token).await;
         assert_eq!(status, expected, "{answer}");
     }
+    // The admitted reviewer's token in other `Authorization` values: the connection's
+    // memory of it answers only what reading the header afresh would.
+    for (authorization, expected) in [
+        (format!("bearer \t{reviewer}\t "), StatusCode::CREATED),
+        (format!("Basic {reviewer}"), StatusCode::UNAUTHORIZED),
+        (format!("Bearer\t{reviewer}"), StatusCode::UNAUTHORIZED),
+        (format!("Bearer {reviewer}\u{e9}"), StatusCode::UNAUTHORIZED),
+        (format!("Bearer {reviewer} x"), StatusCode::UNAUTHORIZED),
+        (format!("Bearer {reviewer}"), StatusCode::CREATED),
+    ] {
+        let (status, answer) = connection
+            .review_with(authorization.as_bytes(), &token)
+            .await;
+        assert_eq!(status, expected, "{answer}");
+    }
     // A reload after which the reviewer is no longer allowed to call.
     let config = test_config(
         &gate.sim,

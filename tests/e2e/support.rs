@@ -37,10 +37,17 @@ impl KeptAlive {
     /// Asks for a review of `token` (for the default audiences) as `caller`; returns the
     /// status and the body.
     pub async fn review_as(&mut self, caller: &str, token: &str) -> (StatusCode, String) {
+        self.review_with(format!("Bearer {caller}").as_bytes(), token)
+            .await
+    }
+
+    /// The same with `authorization` as the whole `Authorization` header's value.
+    pub async fn review_with(&mut self, authorization: &[u8], token: &str) -> (StatusCode, String) {
         let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}});
+        let authorization = http::HeaderValue::from_bytes(authorization).unwrap();
         let request = Request::post("/review")
             .header(http::header::HOST, &self.host)
-            .header(http::header::AUTHORIZATION, format!("Bearer {caller}"))
+            .header(http::header::AUTHORIZATION, authorization)
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap();
         let response = self.send.send_request(request).await.unwrap();
