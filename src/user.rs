@@ -30,6 +30,9 @@ struct Identity {
     username: Box<str>,
     uid: Box<str>,
     groups: Box<[Box<str>]>,
+    /// Whether none of the above needs a JSON escape (nearly always): then an answer
+    /// copies them without looking at each byte again.
+    plain: bool,
 }
 
 type Interned<T> = LazyLock<quick_cache::sync::Cache<Arc<T>, Arc<T>>>;
@@ -82,6 +85,11 @@ impl User {
         self.identity.groups.iter().map(|g| &**g)
     }
 
+    /// Whether the username, UID and groups need no JSON escape.
+    pub fn identity_is_plain_json(&self) -> bool {
+        self.identity.plain
+    }
+
     /// The extras.
     pub fn extra(&self) -> &Extra {
         &self.extra
@@ -106,7 +114,7 @@ impl User {
 
 impl From<UserInfo> for User {
     fn from(user: UserInfo) -> User {
-        let identity = Identity {
+        let mut identity = Identity {
             username: user.username.unwrap_or_default().into(),
             uid: user.uid.unwrap_or_default().into(),
             groups: user
@@ -115,7 +123,12 @@ impl From<UserInfo> for User {
                 .into_iter()
                 .map(String::into_boxed_str)
                 .collect(),
+            plain: false,
         };
+        identity.plain = [&identity.username, &identity.uid]
+            .into_iter()
+            .chain(&identity.groups)
+            .all(|s| !crate::wire::needs_escape(s.as_bytes()));
         let extra = user.extra.unwrap_or_default();
         User {
             identity: intern(&IDENTITIES, &identity, || Arc::new(identity.clone())),

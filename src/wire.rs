@@ -18,18 +18,93 @@ use crate::cache::Verdict;
 
 /// A TokenReview as callers send it: either API version, `kind` checked by hand. The
 /// token is borrowed from the body (unless it has JSON escapes), not copied.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct ReviewRequest<'a> {
     /// `apiVersion`, when given.
-    #[serde(borrow)]
     pub api_version: Option<Cow<'a, str>>,
     /// `kind`, when given.
-    #[serde(borrow)]
     pub kind: Option<Cow<'a, str>>,
     /// `spec`.
-    #[serde(default)]
     pub spec: ReviewSpec<'a>,
+}
+
+/// Read as serde's derive read it, but for an array, which it took for an object (the
+/// API server does not): an object only, unknown fields ignored, a duplicate refused.
+impl<'de: 'a, 'a> Deserialize<'de> for ReviewRequest<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Review;
+        impl<'de> serde::de::Visitor<'de> for Review {
+            type Value = ReviewRequest<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a TokenReview object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                // `Some` once a field was given (`Some(None)` for null).
+                let (mut api_version, mut kind, mut spec) = (None, None, None);
+                fn first<T, E: serde::de::Error>(
+                    slot: &Option<T>,
+                    name: &'static str,
+                ) -> Result<(), E> {
+                    match slot {
+                        Some(_) => Err(E::duplicate_field(name)),
+                        None => Ok(()),
+                    }
+                }
+                while let Some(Text(key)) = map.next_key()? {
+                    match &*key {
+                        "apiVersion" => {
+                            first(&api_version, "apiVersion")?;
+                            api_version = Some(map.next_value::<Option<Text<'de>>>()?);
+                        }
+                        "kind" => {
+                            first(&kind, "kind")?;
+                            kind = Some(map.next_value::<Option<Text<'de>>>()?);
+                        }
+                        "spec" => {
+                            first(&spec, "spec")?;
+                            spec = Some(map.next_value()?);
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                let text = |t: Option<Option<Text<'de>>>| t.flatten().map(|Text(t)| t);
+                Ok(ReviewRequest {
+                    api_version: text(api_version),
+                    kind: text(kind),
+                    spec: spec.unwrap_or_default(),
+                })
+            }
+        }
+        d.deserialize_map(Review)
+    }
+}
+
+/// A JSON string, borrowed from the input unless it has escapes. serde's own `Cow<str>`
+/// is always a copy, and `#[serde(borrow)]` does not reach one inside an `Option`: that
+/// was four allocations a request (`apiVersion`, `kind` and the keys of `spec`).
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
 }
 
 /// A TokenReview's `spec`, read from the request and echoed in the answer as the API
@@ -92,7 +167,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ReviewSpec<'a> {
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
                 let mut spec = ReviewSpec::default();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(Text(key)) = map.next_key()? {
                     match &*key {
                         "audiences" => spec.audiences = map.next_value()?,
                         "token" => {
@@ -169,22 +244,27 @@ pub fn answer(api_version: &str, spec: &ReviewSpec<'_>, v: &Verdict) -> Vec<u8> 
             out.push(b'{');
             let mut keys = Fields::default();
             for (key, values) in user.extra().iter() {
-                keys.next(&mut out, key);
+                keys.key(&mut out, key);
                 strings(&mut out, values);
             }
             out.push(b'}');
         }
+        let identity_string = if user.identity_is_plain_json() {
+            plain_string
+        } else {
+            string
+        };
         if user.groups().len() > 0 {
             fields.next(&mut out, "groups");
-            strings(&mut out, user.groups());
+            strings_with(&mut out, user.groups(), identity_string);
         }
         if !user.uid().is_empty() {
             fields.next(&mut out, "uid");
-            string(&mut out, user.uid());
+            identity_string(&mut out, user.uid());
         }
         if !user.username().is_empty() {
             fields.next(&mut out, "username");
-            string(&mut out, user.username());
+            identity_string(&mut out, user.username());
         }
     }
     out.extend_from_slice(b"}}}");
@@ -198,35 +278,76 @@ struct Fields {
 }
 
 impl Fields {
-    fn next(&mut self, out: &mut Vec<u8>, name: &str) {
+    /// A member named by one of the API's own field names, which need no escape.
+    fn next(&mut self, out: &mut Vec<u8>, name: &'static str) {
+        self.comma(out);
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+    }
+
+    /// A member named by data (an `extra` key), escaped as it needs.
+    fn key(&mut self, out: &mut Vec<u8>, name: &str) {
+        self.comma(out);
+        string(out, name);
+        out.push(b':');
+    }
+
+    fn comma(&mut self, out: &mut Vec<u8>) {
         if std::mem::replace(&mut self.started, true) {
             out.push(b',');
         }
-        string(out, name);
-        out.push(b':');
     }
 }
 
 /// A JSON string as serde_json writes it: copied as it is unless it holds a character
 /// JSON escapes (a quote, a backslash, a control character), then escaped by serde_json.
 fn string(out: &mut Vec<u8>, s: &str) {
-    // Every byte is looked at, with no early exit, so that the compiler checks them 16
-    // at a time: twice as fast as `any` on the identities here, which need no escape.
-    let escapes = s.bytes().fold(false, |any, b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if escapes {
+    if needs_escape(s.as_bytes()) {
         serde_json::to_writer(out, s).expect("writing to a Vec does not fail");
     } else {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+        plain_string(out, s);
     }
+}
+
+/// A JSON string known to need no escape.
+fn plain_string(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+/// Whether `s` holds a byte JSON escapes. Every byte is looked at, with no early exit,
+/// 16 at a time (the compiler does each block's in one go): twice as fast as `any` on
+/// the identities here, which need no escape. The last block overlaps the one before
+/// rather than leave a tail of up to 15 bytes to look at one by one.
+pub(crate) fn needs_escape(s: &[u8]) -> bool {
+    fn any(bytes: &[u8]) -> bool {
+        bytes.iter().fold(false, |any, &b| {
+            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+        })
+    }
+    let Some(last) = s.last_chunk::<16>() else {
+        return any(s);
+    };
+    let (blocks, _) = s.as_chunks::<16>();
+    blocks
+        .iter()
+        .fold(any(last), |found, block| found | any(block))
 }
 
 /// A JSON array of strings.
 fn strings<'a>(out: &mut Vec<u8>, items: impl Iterator<Item = &'a str>) {
+    strings_with(out, items, string);
+}
+
+/// The same, each item written by `string` (or [`plain_string`], known to need no escape).
+fn strings_with<'a>(
+    out: &mut Vec<u8>,
+    items: impl Iterator<Item = &'a str>,
+    string: fn(&mut Vec<u8>, &str),
+) {
     out.push(b'[');
     for (i, item) in items.enumerate() {
         if i > 0 {
@@ -322,6 +443,65 @@ mod tests {
             String::from_utf8(ours).unwrap(),
             String::from_utf8(theirs).unwrap()
         );
+    }
+
+    #[test]
+    fn needs_escape_finds_an_escaped_byte_wherever_it_is() {
+        for len in 0..50 {
+            let plain = vec![b'a'; len];
+            assert!(!needs_escape(&plain), "{len} plain bytes");
+            for at in 0..len {
+                for byte in [b'"', b'\\', 0x00, 0x1f] {
+                    let mut s = plain.clone();
+                    s[at] = byte;
+                    assert!(needs_escape(&s), "{byte:#x} at {at} of {len}");
+                }
+                let mut s = plain.clone();
+                s[at] = 0x7f;
+                assert!(!needs_escape(&s), "DEL needs no escape in JSON");
+            }
+        }
+    }
+
+    #[test]
+    fn requests_are_read_borrowed_where_they_can_be_and_unescaped_where_not() {
+        let plain = request(
+            r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"a.b.c"}}"#,
+        );
+        assert!(matches!(
+            plain.api_version,
+            Some(Cow::Borrowed("authentication.k8s.io/v1"))
+        ));
+        assert!(matches!(plain.kind, Some(Cow::Borrowed("TokenReview"))));
+        assert_eq!(plain.spec.token(), Some("a.b.c"));
+        // Escapes in the values and in the keys, read as Go's encoding/json reads them.
+        let escaped = request(
+            r#"{"apiVersion":"authentication.k8s.io\/v1","kind":"Token\u0052eview","spec":{"tok\u0065n":"a.b.c","audi\u0065nces":["v"]}}"#,
+        );
+        assert!(
+            matches!(escaped.api_version, Some(Cow::Owned(ref v)) if v == "authentication.k8s.io/v1")
+        );
+        assert!(matches!(escaped.kind, Some(Cow::Owned(ref k)) if k == "TokenReview"));
+        assert_eq!(escaped.spec.token(), Some("a.b.c"));
+        assert_eq!(escaped.spec.audiences, Some(vec!["v".to_owned()]));
+        // Absent and null alike are not given; another type is refused, saying so.
+        let none = request(r#"{"apiVersion":null}"#);
+        assert!(none.api_version.is_none() && none.kind.is_none());
+        let refused = |body: &str| {
+            serde_json::from_str::<ReviewRequest<'_>>(body)
+                .err()
+                .unwrap_or_else(|| panic!("{body} is refused"))
+                .to_string()
+        };
+        assert!(refused(r#"{"kind":1}"#).contains("expected a string"));
+        assert!(refused("[]").contains("expected a TokenReview object"));
+        assert!(refused(r#"[null,null,{"token":"a"}]"#).contains("expected a TokenReview object"));
+        assert!(
+            refused(r#"{"kind":null,"kind":"TokenReview"}"#).contains("duplicate field `kind`")
+        );
+        assert!(refused(r#"{"spec":null}"#).contains("expected a TokenReviewSpec object"));
+        let other = request(r#"{"metadata":{"name":"x"},"status":7,"spec":{"token":"a"}}"#);
+        assert_eq!(other.spec.token(), Some("a"));
     }
 
     #[test]
