@@ -187,7 +187,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for ReviewSpec<'a> {
         fn string_of<E: serde::de::Error>(json: &RawValue) -> Result<Cow<'_, str>, E> {
             let text = json.get();
             match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-                Some(plain) if !plain.contains('\\') => Ok(Cow::Borrowed(plain)),
+                // Inside a JSON string as the parser passed it, the only byte that
+                // `needs_escape` finds is a backslash (a quote would have ended it, a
+                // control character is refused); it looks 16 bytes at a time, where
+                // `contains` looked 8 at a time.
+                Some(plain) if !needs_escape(plain.as_bytes()) => Ok(Cow::Borrowed(plain)),
                 Some(_) => serde_json::from_str(text)
                     .map(Cow::Owned)
                     .map_err(|e| E::custom(format!("spec.token: {e}"))),
@@ -332,9 +336,7 @@ pub(crate) fn needs_escape(s: &[u8]) -> bool {
         return any(s);
     };
     let (blocks, _) = s.as_chunks::<16>();
-    blocks
-        .iter()
-        .fold(any(last), |found, block| found | any(block))
+    any(blocks.as_flattened()) | any(last)
 }
 
 /// A JSON array of strings.
