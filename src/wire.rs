@@ -323,9 +323,11 @@ fn plain_string(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Whether `s` holds a byte JSON escapes. Every byte is looked at, with no early exit,
-/// 16 at a time (the compiler does each block's in one go): twice as fast as `any` on
-/// the identities here, which need no escape. The last block overlaps the one before
-/// rather than leave a tail of up to 15 bytes to look at one by one.
+/// in one fold over whole 16-byte blocks, which the compiler does 16 bytes at a time
+/// (twice as fast as `any` on the identities here, which need no escape; folded block
+/// by block, it gathered bytes across blocks instead: over three times the instructions
+/// on a token). The last block overlaps the one before rather than leave a tail of up
+/// to 15 bytes to look at one by one.
 pub(crate) fn needs_escape(s: &[u8]) -> bool {
     fn any(bytes: &[u8]) -> bool {
         bytes.iter().fold(false, |any, &b| {
