@@ -114,21 +114,24 @@ impl User {
 
 impl From<UserInfo> for User {
     fn from(user: UserInfo) -> User {
-        let mut identity = Identity {
-            username: user.username.unwrap_or_default().into(),
-            uid: user.uid.unwrap_or_default().into(),
-            groups: user
-                .groups
-                .unwrap_or_default()
-                .into_iter()
-                .map(String::into_boxed_str)
-                .collect(),
-            plain: false,
-        };
-        identity.plain = [&identity.username, &identity.uid]
+        let username: Box<str> = user.username.unwrap_or_default().into();
+        let uid: Box<str> = user.uid.unwrap_or_default().into();
+        let groups: Box<[Box<str>]> = user
+            .groups
+            .unwrap_or_default()
             .into_iter()
-            .chain(&identity.groups)
+            .map(String::into_boxed_str)
+            .collect();
+        let plain = [&username, &uid]
+            .into_iter()
+            .chain(&groups)
             .all(|s| !crate::wire::needs_escape(s.as_bytes()));
+        let identity = Identity {
+            username,
+            uid,
+            groups,
+            plain,
+        };
         let extra = user.extra.unwrap_or_default();
         User {
             identity: intern(&IDENTITIES, &identity, || Arc::new(identity.clone())),
