@@ -4,15 +4,14 @@
 //! `encoding/json` read it (an object, unknown fields ignored, the last of duplicate
 //! fields winning; Go's case-insensitive key matching is not followed), with the token
 //! borrowed from the body; and writing the answer in
-//! k8s-openapi's field order from borrowed parts: the request's spec (the token's JSON
-//! copied as it came) and the shared verdict.
+//! k8s-openapi's field order from borrowed parts: the request's spec (a token that had
+//! no escape in the request copied as it came, with no check) and the shared verdict.
 //!
 //! Not responsible for: HTTP (see `http`), or deciding anything.
 
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use crate::cache::Verdict;
 
@@ -114,12 +113,8 @@ pub struct ReviewSpec<'a> {
     /// The audiences asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audiences: Option<Vec<String>>,
-    /// The token as the request's JSON spelt it, echoed as it came: the same string,
-    /// copied rather than escaped again (a token is most of an answer's bytes).
-    #[serde(rename = "token", skip_serializing_if = "Option::is_none")]
-    token_json: Option<Cow<'a, RawValue>>,
     /// The token, borrowed from the request unless its JSON had escapes.
-    #[serde(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<Cow<'a, str>>,
 }
 
@@ -136,12 +131,8 @@ impl std::fmt::Debug for ReviewSpec<'_> {
 impl ReviewSpec<'_> {
     /// A spec asking about `token` for `audiences`.
     pub fn new(token: &str, audiences: Option<Vec<String>>) -> ReviewSpec<'static> {
-        let json = serde_json::to_string(token).expect("a string serialises");
         ReviewSpec {
             audiences,
-            token_json: Some(Cow::Owned(
-                RawValue::from_string(json).expect("a JSON string"),
-            )),
             token: Some(Cow::Owned(token.to_owned())),
         }
     }
@@ -171,9 +162,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ReviewSpec<'a> {
                     match &*key {
                         "audiences" => spec.audiences = map.next_value()?,
                         "token" => {
-                            let json: Option<&'de RawValue> = map.next_value()?;
-                            spec.token = json.map(string_of).transpose()?;
-                            spec.token_json = json.map(Cow::Borrowed);
+                            spec.token = map.next_value::<Option<Text<'de>>>()?.map(|Text(t)| t);
                         }
                         _ => {
                             map.next_value::<serde::de::IgnoredAny>()?;
@@ -181,24 +170,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for ReviewSpec<'a> {
                     }
                 }
                 Ok(spec)
-            }
-        }
-        /// The string a JSON value spells, borrowed when it needs no unescaping.
-        fn string_of<E: serde::de::Error>(json: &RawValue) -> Result<Cow<'_, str>, E> {
-            let text = json.get();
-            match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-                // Inside a JSON string as the parser passed it, the only byte that
-                // `needs_escape` finds is a backslash (a quote would have ended it, a
-                // control character is refused); it looks 16 bytes at a time, where
-                // `contains` looked 8 at a time.
-                Some(plain) if !needs_escape(plain.as_bytes()) => Ok(Cow::Borrowed(plain)),
-                Some(_) => serde_json::from_str(text)
-                    .map(Cow::Owned)
-                    .map_err(|e| E::custom(format!("spec.token: {e}"))),
-                None => Err(E::invalid_type(
-                    serde::de::Unexpected::Other("a JSON value that is not a string"),
-                    &"a string",
-                )),
             }
         }
         d.deserialize_map(Spec)
@@ -212,7 +183,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ReviewSpec<'a> {
 /// what a cached review costs beyond the hash, and serde escapes every string a byte at
 /// a time where nearly none needs it.
 pub fn answer(api_version: &str, spec: &ReviewSpec<'_>, v: &Verdict) -> Vec<u8> {
-    let token_len = spec.token_json.as_ref().map_or(0, |t| t.get().len());
+    let token_len = spec.token.as_ref().map_or(0, |t| t.len());
     let mut out = Vec::with_capacity(token_len + 1024);
     out.extend_from_slice(b"{\"apiVersion\":");
     string(&mut out, api_version);
@@ -222,9 +193,17 @@ pub fn answer(api_version: &str, spec: &ReviewSpec<'_>, v: &Verdict) -> Vec<u8> 
         fields.next(&mut out, "audiences");
         strings(&mut out, audiences.iter().map(String::as_str));
     }
-    if let Some(token) = &spec.token_json {
-        fields.next(&mut out, "token");
-        out.extend_from_slice(token.get().as_bytes());
+    match &spec.token {
+        // Borrowed from the request's JSON, the token had no escape there: it needs none.
+        Some(Cow::Borrowed(token)) => {
+            fields.next(&mut out, "token");
+            plain_string(&mut out, token);
+        }
+        Some(Cow::Owned(token)) => {
+            fields.next(&mut out, "token");
+            string(&mut out, token);
+        }
+        None => {}
     }
     out.extend_from_slice(b"},\"status\":{");
     let mut fields = Fields::default();
