@@ -113,7 +113,10 @@ pub struct ReviewSpec<'a> {
     /// The audiences asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audiences: Option<Vec<String>>,
-    /// The token, borrowed from the request unless its JSON had escapes.
+    /// The token, borrowed from the request unless its JSON had escapes. Borrowed only
+    /// when it needs no escape in JSON either, which the answer relies on: serde_json
+    /// lends a string only when it had no escape (a quote ends it, a control character
+    /// is refused).
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<Cow<'a, str>>,
 }
@@ -129,11 +132,16 @@ impl std::fmt::Debug for ReviewSpec<'_> {
 }
 
 impl ReviewSpec<'_> {
-    /// A spec asking about `token` for `audiences`.
-    pub fn new(token: &str, audiences: Option<Vec<String>>) -> ReviewSpec<'static> {
+    /// A spec asking about `token` for `audiences`, as the request's JSON would lend it.
+    pub fn new(token: &str, audiences: Option<Vec<String>>) -> ReviewSpec<'_> {
+        let token = if needs_escape(token.as_bytes()) {
+            Cow::Owned(token.to_owned())
+        } else {
+            Cow::Borrowed(token)
+        };
         ReviewSpec {
             audiences,
-            token: Some(Cow::Owned(token.to_owned())),
+            token: Some(token),
         }
     }
 
@@ -194,7 +202,7 @@ pub fn answer(api_version: &str, spec: &ReviewSpec<'_>, v: &Verdict) -> Vec<u8> 
         strings(&mut out, audiences.iter().map(String::as_str));
     }
     match &spec.token {
-        // Borrowed from the request's JSON, the token had no escape there: it needs none.
+        // Borrowed, it needs no escape (see the field).
         Some(Cow::Borrowed(token)) => {
             fields.next(&mut out, "token");
             plain_string(&mut out, token);
@@ -533,6 +541,20 @@ mod tests {
                     same(api_version, body, v);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_spec_made_in_code_is_answered_as_one_read_from_json() {
+        const V1: &str = "authentication.k8s.io/v1";
+        let v = verdict(None, &[], "");
+        for token in ["a.b.c", "a\"b\\c\n\u{1}"] {
+            let made = ReviewSpec::new(token, Some(vec!["vault".into()]));
+            let body =
+                serde_json::json!({"spec": {"audiences": ["vault"], "token": token}}).to_string();
+            let read = request(&body).spec;
+            assert_eq!(answer(V1, &made, &v), reference(V1, &made, &v), "{token:?}");
+            assert_eq!(answer(V1, &made, &v), answer(V1, &read, &v), "{token:?}");
         }
     }
 
