@@ -201,17 +201,13 @@ pub fn answer(api_version: &str, spec: &ReviewSpec<'_>, v: &Verdict) -> Vec<u8> 
         fields.next(&mut out, "audiences");
         strings(&mut out, audiences.iter().map(String::as_str));
     }
-    match &spec.token {
-        // Borrowed, it needs no escape (see the field).
-        Some(Cow::Borrowed(token)) => {
-            fields.next(&mut out, "token");
-            plain_string(&mut out, token);
+    if let Some(token) = &spec.token {
+        fields.next(&mut out, "token");
+        match token {
+            // Borrowed, it needs no escape (see the field).
+            Cow::Borrowed(token) => plain_string(&mut out, token),
+            Cow::Owned(token) => string(&mut out, token),
         }
-        Some(Cow::Owned(token)) => {
-            fields.next(&mut out, "token");
-            string(&mut out, token);
-        }
-        None => {}
     }
     out.extend_from_slice(b"},\"status\":{");
     let mut fields = Fields::default();
