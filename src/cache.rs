@@ -133,6 +133,21 @@ struct Entry {
 /// Which cached verdicts depend on which object.
 type Dependents = Arc<Mutex<HashMap<String, HashSet<Key>>>>;
 
+/// How long the cache remembers an object past the moment its tokens became invalid:
+/// well past the 10 s for which the API server answers "yes" from its own cache of
+/// successful authentications, whatever happened to the object since.
+pub const REMEMBER_REVOKED: Duration = Duration::from_secs(300);
+
+/// What the revocation watch saw of an object a verdict may stand on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revoked {
+    /// From when a token bound to it is invalid: its deletion, or its `deletionTimestamp`
+    /// plus the API server's leeway.
+    pub from: SystemTime,
+    /// Whether it is gone (else: being deleted).
+    pub gone: bool,
+}
+
 /// Takes an entry that left the cache out of the dependency index.
 fn forget(dependents: &Dependents, key: &Key, entry: &Entry) {
     let Some(depends_on) = &entry.depends_on else {
@@ -202,6 +217,8 @@ pub struct VerdictCache {
     watch_healthy: AtomicBool,
     /// Counts revocations, so a fetch can tell one happened while it waited.
     revocations: AtomicU64,
+    /// Objects deleted or being deleted, by dependency (see [`VerdictCache::remember_revoked`]).
+    revoked: Mutex<HashMap<String, Revoked>>,
     /// Counts revocations and clears once done (see [`VerdictCache::generation`]).
     generation: AtomicU64,
 }
@@ -243,6 +260,7 @@ impl VerdictCache {
             metrics,
             watch_healthy: AtomicBool::new(false),
             revocations: AtomicU64::new(0),
+            revoked: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
         }
     }
@@ -375,6 +393,31 @@ impl VerdictCache {
         }
         self.generation.fetch_add(1, Ordering::SeqCst);
         keys.len()
+    }
+
+    /// Remembers that tokens bound to `dependency` are invalid from `revoked.from` on, for
+    /// [`REMEMBER_REVOKED`] after that (see [`VerdictCache::revoked`]). Returns whether
+    /// this moved the object's `from` (a new or an earlier one): then the caller evicts
+    /// its verdicts at `from`.
+    pub fn remember_revoked(&self, dependency: &str, revoked: Revoked, now: SystemTime) -> bool {
+        let mut known = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
+        known.retain(|_, r| r.from + REMEMBER_REVOKED > now);
+        let earlier = known.get(dependency).is_none_or(|r| revoked.from < r.from);
+        if earlier {
+            known.insert(dependency.to_owned(), revoked);
+        }
+        earlier
+    }
+
+    /// Of `dependencies`, the one remembered as revoked soonest, if any: its index and
+    /// what was remembered.
+    pub fn revoked(&self, dependencies: &[String]) -> Option<(usize, Revoked)> {
+        let known = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
+        dependencies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| Some((i, *known.get(d)?)))
+            .min_by_key(|(_, r)| r.from)
     }
 
     /// The dependencies cached verdicts have that start with `prefix` (`pod:`…).

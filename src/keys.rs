@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::config::KeySource;
 use crate::token::Header;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{self, Upstream, UpstreamError};
 
 /// Refreshes on an unknown `kid` happen at most this often.
 pub const UNKNOWN_KID_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
@@ -32,6 +32,9 @@ pub const UNKNOWN_KID_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Where the API server serves its service-account signing keys.
 pub const API_SERVER_JWKS_PATH: &str = "/openid/v1/jwks";
+/// The only media type the API server serves its JWKS as (`Accept: application/json`
+/// gets 406 Not Acceptable).
+pub const JWKS_MEDIA_TYPE: &str = "application/jwk-set+json";
 /// The shortest periodic refresh interval, whatever `max-age` says.
 const MIN_MAX_AGE: Duration = Duration::from_secs(60);
 
@@ -536,7 +539,7 @@ impl Keys {
                 // over the connection and credential already trusted for TokenReviews.
                 let (doc, _) = self
                     .upstream
-                    .get("/.well-known/openid-configuration")
+                    .get("/.well-known/openid-configuration", upstream::JSON)
                     .await?;
                 #[derive(serde::Deserialize)]
                 struct Discovery {
@@ -547,7 +550,10 @@ impl Keys {
                     KeysError::Invalid(format!("the OIDC discovery document is not usable: {e}"))
                 })?;
                 tracing::debug!(issuer = %doc.issuer, jwks_uri = %doc.jwks_uri, "OIDC discovery");
-                let (jwks, max_age) = self.upstream.get(API_SERVER_JWKS_PATH).await?;
+                let (jwks, max_age) = self
+                    .upstream
+                    .get(API_SERVER_JWKS_PATH, JWKS_MEDIA_TYPE)
+                    .await?;
                 let max_age = max_age
                     .unwrap_or(DEFAULT_MAX_AGE)
                     .clamp(MIN_MAX_AGE, DEFAULT_MAX_AGE);

@@ -724,7 +724,52 @@ async fn fetch(
         fetched.expires_at = now + extended;
         fetched.ttl = extended;
     }
-    Ok(fetched)
+    Ok(hold_to_revocations(&cache, fetched, now))
+}
+
+/// Holds a "yes" to what the watch has seen of the objects it stands on. The API server
+/// keeps a successful authentication for 10 s, so it may still say "yes" for a token
+/// whose pod or service account the watch has seen deleted: such a "yes" becomes the
+/// "no" it will say once that cache has expired, and is not kept. A "yes" for a token
+/// whose object is being deleted stands until the object's `deletionTimestamp` plus the
+/// API server's leeway (a pod's `preStop` hook may still log in), and is kept no longer.
+fn hold_to_revocations(cache: &VerdictCache, mut fetched: Fetched, now: SystemTime) -> Fetched {
+    if !fetched.verdict.authenticated {
+        return fetched;
+    }
+    let Some((i, revoked)) = cache.revoked(&fetched.depends_on) else {
+        return fetched;
+    };
+    if revoked.from <= now {
+        let username = fetched.verdict.user.as_ref().map_or("", |u| u.username());
+        let error = revoked_error(&fetched.depends_on[i], revoked.gone, username);
+        tracing::debug!(%error, "the API server's \"yes\" is for a token whose object the watch saw deleted");
+        return Fetched::new(Arc::new(Verdict::denied(error)), now, Duration::ZERO);
+    }
+    if revoked.from < fetched.expires_at {
+        fetched.expires_at = revoked.from;
+        fetched.ttl = revoked.from.duration_since(now).unwrap_or_default();
+        fetched.capped_at = fetched.capped_at.map(|c| c.min(revoked.from));
+    }
+    fetched
+}
+
+/// What the API server answers for a token bound to an object that is `gone` or past its
+/// deletion leeway (`pkg/serviceaccount/claims.go`; a Secret stands for a legacy token,
+/// `legacy.go`), for the service account `username`.
+fn revoked_error(dependency: &str, gone: bool, username: &str) -> String {
+    let account = username.strip_prefix("system:serviceaccount:");
+    let reason = match account.and_then(|a| a.split_once(':')) {
+        _ if dependency.starts_with("secret:") => "Token has been invalidated".to_owned(),
+        Some((_, name)) if dependency.starts_with("serviceaccount:") && gone => {
+            format!("serviceaccounts \"{name}\" not found")
+        }
+        Some((ns, name)) if dependency.starts_with("serviceaccount:") => {
+            format!("service account {ns}/{name} has been deleted")
+        }
+        _ => "service account token has been invalidated".to_owned(),
+    };
+    format!("[invalid bearer token, {reason}]")
 }
 
 /// The objects a verdict stands on, as the revocation watch names them: the service
@@ -806,6 +851,7 @@ fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::{REMEMBER_REVOKED, Revoked};
     use k8s_openapi::api::authentication::v1::UserInfo;
 
     const NOW: u64 = 1_795_860_000;
@@ -824,6 +870,82 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    /// A "yes" of service account `apps/web` bound to pod `p`, kept 600 s from `now`.
+    fn bound_yes(now: SystemTime) -> Fetched {
+        let user = UserInfo {
+            username: Some("system:serviceaccount:apps:web".into()),
+            uid: Some("s".into()),
+            ..UserInfo::default()
+        };
+        let verdict = Verdict {
+            authenticated: true,
+            user: Some(User::from(user)),
+            ..Verdict::default()
+        };
+        let mut f = Fetched::new(
+            Arc::new(verdict),
+            now + Duration::from_secs(600),
+            Duration::from_secs(600),
+        );
+        f.depends_on = s(&["serviceaccount:s", "pod:p"]);
+        f
+    }
+
+    #[test]
+    fn a_yes_is_held_to_what_the_watch_saw_deleted_in_the_api_servers_words() {
+        let cache = VerdictCache::new(&config::Cache {
+            max_entries: 10,
+            negative_max_entries: 10,
+            negative_ttl: Duration::from_secs(10),
+            max_ttl: Duration::from_secs(120),
+        });
+        let now = at(NOW);
+        assert_eq!(
+            hold_to_revocations(&cache, bound_yes(now), now)
+                .ttl
+                .as_secs(),
+            600
+        );
+
+        // Being deleted, valid for 90 s more: still a yes, kept no longer than that.
+        let terminating = Revoked {
+            from: now + Duration::from_secs(90),
+            gone: false,
+        };
+        assert!(cache.remember_revoked("pod:p", terminating, now));
+        let held = hold_to_revocations(&cache, bound_yes(now), now);
+        assert!(held.verdict.authenticated);
+        assert_eq!(held.expires_at, now + Duration::from_secs(90));
+        assert_eq!(held.ttl, Duration::from_secs(90));
+        // Past that point the yes is the API server's no, and not kept.
+        let later = now + Duration::from_secs(90);
+        let held = hold_to_revocations(&cache, bound_yes(later), later);
+        assert!(!held.verdict.authenticated);
+        assert_eq!(held.ttl, Duration::ZERO);
+        assert_eq!(
+            held.verdict.error,
+            "[invalid bearer token, service account token has been invalidated]"
+        );
+
+        // The service account gone: its own words, whichever came first wins.
+        let gone = Revoked {
+            from: now,
+            gone: true,
+        };
+        assert!(cache.remember_revoked("serviceaccount:s", gone, now));
+        let held = hold_to_revocations(&cache, bound_yes(now), now);
+        assert_eq!(
+            held.verdict.error,
+            r#"[invalid bearer token, serviceaccounts "web" not found]"#
+        );
+        // A later report of the same object moves nothing; after REMEMBER_REVOKED it is
+        // forgotten.
+        assert!(!cache.remember_revoked("serviceaccount:s", terminating, now));
+        let much_later = now + REMEMBER_REVOKED + Duration::from_secs(91);
+        assert!(cache.remember_revoked("pod:other", gone, much_later));
+        assert!(cache.revoked(&s(&["serviceaccount:s", "pod:p"])).is_none());
     }
 
     #[test]

@@ -4,11 +4,16 @@
 //! Responsible for: list+watch of Pods, ServiceAccounts and (with `revocation.secrets`)
 //! Secrets through the API server (kube's metadata-only watcher: resumable, bookmarks,
 //! re-list after `410 Gone`; only metadata crosses, so Secret contents never reach the
-//! gate); on a deletion (or a
-//! `deletionTimestamp` set) evicting every verdict that depends on the object's UID
-//! (pods, service accounts) or name (Secrets of legacy tokens); after every re-list
-//! evicting the verdicts whose object did not come back (a deletion missed while the
-//! watch was down); and keeping the cache told whether the watch is healthy. Healthy
+//! gate); on a deletion, or a `deletionTimestamp` set, evicting every verdict that
+//! depends on the object's UID (pods, service accounts) or name (Secrets of legacy
+//! tokens), and telling the cache from when its tokens are invalid: at once, or the API
+//! server's leeway after the `deletionTimestamp` (`pkg/serviceaccount/claims.go`: a
+//! terminating pod's token stays valid a while, a `preStop` hook may log in with it), so
+//! that the next review is kept no longer than that and the "yes" the API server keeps
+//! answering from its own cache for a while is not believed past it (see
+//! `review::hold_to_revocations`); after every re-list evicting the verdicts whose object
+//! did not come back (a deletion missed while the watch was down); and keeping the cache
+//! told whether the watch is healthy. Healthy
 //! means: every resource listed, and none disconnected for longer than
 //! [`STALE_AFTER`] without a re-list. While it is not, verdicts are not served past
 //! `max_ttl`.
@@ -18,7 +23,7 @@
 use std::collections::HashSet;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
@@ -28,13 +33,17 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use crate::cache::VerdictCache;
+use crate::cache::{Revoked, VerdictCache};
 use crate::config::{self, UpstreamSource};
 use crate::metrics::Metrics;
 
 /// How long a watch may be disconnected before verdicts fall back to the `max_ttl` cap
 /// until it has re-listed.
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
+
+/// How long after its `deletionTimestamp` an object being deleted still vouches for its
+/// tokens at the API server (`jwt.DefaultLeeway`).
+pub const DELETION_LEEWAY: Duration = Duration::from_secs(60);
 
 /// The watched resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +183,31 @@ impl Watch {
         self.metrics.revocation_watch_healthy(healthy);
     }
 
+    /// `dependency` is gone: its verdicts go now, and a "yes" for it is not believed.
+    fn gone(&self, dependency: &str, why: &str) {
+        let now = SystemTime::now();
+        let revoked = Revoked {
+            from: now,
+            gone: true,
+        };
+        self.cache.remember_revoked(dependency, revoked, now);
+        self.revoke(dependency, why);
+    }
+
+    /// `dependency` is being deleted since `deletion`. Its verdicts go now, so that the
+    /// next review asks again and is kept no longer than `leeway` after `deletion`, and
+    /// none is believed past it.
+    fn being_deleted(&self, dependency: &str, deletion: SystemTime, leeway: Duration) {
+        let now = SystemTime::now();
+        let revoked = Revoked {
+            from: deletion + leeway,
+            gone: false,
+        };
+        if self.cache.remember_revoked(dependency, revoked, now) {
+            self.revoke(dependency, "being deleted");
+        }
+    }
+
     fn revoke(&self, dependency: &str, why: &str) {
         let evicted = self.cache.revoke(dependency);
         if evicted > 0 {
@@ -228,11 +262,8 @@ impl Watch {
             match event {
                 Ok(Event::Init) => listed.clear(),
                 Ok(Event::InitApply(object)) => {
-                    if object.metadata.deletion_timestamp.is_some() {
-                        if let Some(d) = which.dependency(&object) {
-                            self.revoke(&d, "being deleted");
-                        }
-                    } else if let Some(d) = which.dependency(&object) {
+                    if let Some(d) = which.dependency(&object) {
+                        self.deleting(which, &object, &d);
                         listed.insert(d);
                     }
                 }
@@ -241,7 +272,7 @@ impl Watch {
                     // while the watch was not looking.
                     for dependency in self.cache.dependencies(which.prefix()) {
                         if !listed.contains(&dependency) {
-                            self.revoke(&dependency, "gone at re-list");
+                            self.gone(&dependency, "gone at re-list");
                         }
                     }
                     listed.clear();
@@ -255,16 +286,14 @@ impl Watch {
                     tracing::info!(resource = which.name(), "revocation watch listed");
                 }
                 Ok(Event::Apply(object)) => {
-                    if object.metadata.deletion_timestamp.is_some()
-                        && let Some(d) = which.dependency(&object)
-                    {
-                        self.revoke(&d, "being deleted");
+                    if let Some(d) = which.dependency(&object) {
+                        self.deleting(which, &object, &d);
                     }
                     self.seen(which);
                 }
                 Ok(Event::Delete(object)) => {
                     if let Some(d) = which.dependency(&object) {
-                        self.revoke(&d, "deleted");
+                        self.gone(&d, "deleted");
                     }
                     self.seen(which);
                 }
@@ -286,6 +315,24 @@ impl Watch {
                     });
                 }
             }
+        }
+    }
+
+    /// Follows the `deletionTimestamp` of `object`, one of `which`, if it has one.
+    fn deleting<K: Resource>(
+        &self,
+        which: Watched,
+        object: &PartialObjectMeta<K>,
+        dependency: &str,
+    ) {
+        // A Secret stands only for a legacy token, which the API server refuses as soon
+        // as its Secret is being deleted (`pkg/serviceaccount/legacy.go`): no leeway.
+        let leeway = match which {
+            Watched::Secrets => Duration::ZERO,
+            Watched::Pods | Watched::ServiceAccounts => DELETION_LEEWAY,
+        };
+        if let Some(time) = &object.metadata.deletion_timestamp {
+            self.being_deleted(dependency, SystemTime::from(time.0), leeway);
         }
     }
 

@@ -348,34 +348,45 @@ impl Upstream {
     /// POSTs `body` to `uri` under the in-flight bound and the time budget, retrying what
     /// is retryable and re-reading the credential once on a 401; returns the answer's body.
     async fn call(&self, call: Call, uri: &Uri, body: Bytes) -> Result<Bytes, UpstreamError> {
-        self.request(call, Method::POST, uri, body)
+        let post = Ask {
+            method: Method::POST,
+            accept: JSON,
+        };
+        self.request(call, &post, uri, body)
             .await
             .map(|reply| reply.body)
     }
 
-    /// GETs `path` of the API server (discovery, keys) like any other call; returns the
-    /// body and its `Cache-Control: max-age`.
-    pub async fn get(&self, path: &str) -> Result<(Bytes, Option<Duration>), UpstreamError> {
+    /// GETs `path` of the API server (discovery, keys) like any other call, accepting
+    /// `media_type` (the one that path serves: the API server answers 406 to any other);
+    /// returns the body and its `Cache-Control: max-age`.
+    pub async fn get(
+        &self,
+        path: &str,
+        media_type: &'static str,
+    ) -> Result<(Bytes, Option<Duration>), UpstreamError> {
         let uri: Uri = format!("{}{path}", self.base).parse().map_err(|e| {
             UpstreamError::BadResponse(format!("cannot form a URL for {path}: {e}"))
         })?;
-        let reply = self
-            .request(Call::Keys, Method::GET, &uri, Bytes::new())
-            .await?;
+        let get = Ask {
+            method: Method::GET,
+            accept: media_type,
+        };
+        let reply = self.request(Call::Keys, &get, &uri, Bytes::new()).await?;
         Ok((reply.body, reply.max_age))
     }
 
     async fn request(
         &self,
         call: Call,
-        method: Method,
+        how: &Ask,
         uri: &Uri,
         body: Bytes,
     ) -> Result<Reply, UpstreamError> {
         let started = Instant::now();
         let in_flight = self.metrics.upstream_in_flight();
         in_flight.inc();
-        let result = self.call_with_retries(&method, uri, body).await;
+        let result = self.call_with_retries(how, uri, body).await;
         in_flight.dec();
         let error = result.as_ref().err().map(UpstreamError::kind);
         self.metrics.upstream_call(call, started.elapsed(), error);
@@ -384,7 +395,7 @@ impl Upstream {
 
     async fn call_with_retries(
         &self,
-        method: &Method,
+        how: &Ask,
         uri: &Uri,
         body: Bytes,
     ) -> Result<Reply, UpstreamError> {
@@ -398,7 +409,7 @@ impl Upstream {
         let mut reread_credential = false;
         loop {
             let attempt =
-                tokio::time::timeout_at(deadline, self.send(method, uri, body.clone())).await;
+                tokio::time::timeout_at(deadline, self.send(how, uri, body.clone())).await;
             let (error, retry_after) = match attempt {
                 Err(_) => return Err(UpstreamError::Timeout(self.timeout)),
                 Ok(Ok(Answer::Body(reply))) => return Ok(reply),
@@ -423,12 +434,12 @@ impl Upstream {
         }
     }
 
-    async fn send(&self, method: &Method, uri: &Uri, body: Bytes) -> Result<Answer, UpstreamError> {
+    async fn send(&self, how: &Ask, uri: &Uri, body: Bytes) -> Result<Answer, UpstreamError> {
         let mut request = Request::builder()
-            .method(method.clone())
+            .method(how.method.clone())
             .uri(uri.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, JSON)
+            .header(ACCEPT, how.accept)
             .header(USER_AGENT, concat!("tokengate/", env!("CARGO_PKG_VERSION")))
             .body(Full::new(body))
             .expect("a request of valid parts");
@@ -506,6 +517,15 @@ impl Upstream {
             }),
         }
     }
+}
+
+/// `application/json`: what the API server's resources and OIDC discovery are served as.
+pub const JSON: &str = "application/json";
+
+/// How one call is sent: its method and the media type it accepts.
+struct Ask {
+    method: Method,
+    accept: &'static str,
 }
 
 /// A successful answer: its body, and how long it may be kept (`Cache-Control: max-age`).

@@ -3,11 +3,13 @@
 //! `get`, `create` and `delete` (`/api`, `/api/v1`, `/apis`, `/version`).
 //!
 //! Responsible for: their shapes and headers (`Cache-Control: public, max-age=3600` on
-//! the OIDC documents, as the API server sends). Not for: the keys themselves (`keys`).
+//! the OIDC documents, as the API server sends), and the API server's strict `Accept`
+//! check of the OIDC documents (go-restful's: each is served as one media type only).
+//! Not for: the keys themselves (`keys`).
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -75,7 +77,10 @@ pub(crate) async fn authentication_v1() -> Response {
 }
 
 /// `GET /.well-known/openid-configuration`.
-pub(crate) async fn openid_configuration(State(cluster): Shared) -> Response {
+pub(crate) async fn openid_configuration(State(cluster): Shared, headers: HeaderMap) -> Response {
+    if let Err(e) = accepts(&headers, JSON) {
+        return e.into_response();
+    }
     if cluster.knobs.discovery_down() {
         return ApiError::unavailable().into_response();
     }
@@ -86,16 +91,45 @@ pub(crate) async fn openid_configuration(State(cluster): Shared) -> Response {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256"],
     });
-    cacheable("application/json", &doc)
+    cacheable(JSON, &doc)
 }
 
 /// `GET /openid/v1/jwks`: every signing key, current and retired.
-pub(crate) async fn jwks(State(cluster): Shared) -> Response {
+pub(crate) async fn jwks(State(cluster): Shared, headers: HeaderMap) -> Response {
+    if let Err(e) = accepts(&headers, JWKS) {
+        return e.into_response();
+    }
     if cluster.knobs.discovery_down() {
         return ApiError::unavailable().into_response();
     }
     cluster.knobs.count_jwks();
-    cacheable("application/jwk-set+json", &cluster.keys.jwks())
+    cacheable(JWKS, &cluster.keys.jwks())
+}
+
+const JSON: &str = "application/json";
+const JWKS: &str = "application/jwk-set+json";
+
+/// Whether `Accept` lets the API server serve `produced`, by go-restful's rule: only the
+/// first `Accept` header counts; none at all is `*/*`; one of its media ranges, without
+/// parameters, must be `*/*` or exactly `produced` (case and all: `application/*` or
+/// `application/json` for the JWKS get 406).
+fn accepts(headers: &HeaderMap, produced: &str) -> Result<(), ApiError> {
+    let Some(accept) = headers.get(header::ACCEPT) else {
+        return Ok(());
+    };
+    let accept = String::from_utf8_lossy(accept.as_bytes());
+    let ok = accept.is_empty()
+        || accept.split(',').any(|range| {
+            let media = range.split(';').next().unwrap_or_default().trim();
+            media == "*/*" || media == produced
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::not_acceptable(format!(
+            "406: Not Acceptable\n\nAvailable representations: {produced}"
+        )))
+    }
 }
 
 /// The API server serves both discovery documents with an hour's public caching.

@@ -14,6 +14,7 @@ mod lifecycle;
 mod nginx;
 mod observability;
 mod openbao;
+mod real;
 mod revocation;
 mod signatures;
 mod support;

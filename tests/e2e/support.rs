@@ -482,6 +482,11 @@ pub fn plain_client() -> HttpClient {
     client(None)
 }
 
+/// A client for HTTPS servers whose certificate `ca_pem` signed (and plain HTTP).
+pub fn client_trusting(ca_pem: &str) -> HttpClient {
+    client(Some(ca_pem))
+}
+
 /// POSTs `body` to `url` as `bearer`; the answer as JSON (Null when it is not JSON).
 pub async fn post_with(
     client: &HttpClient,
@@ -504,6 +509,52 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A backend for the ingress proxies' tests, on a loopback port of its own (returned as
+/// `host:port`): it answers `GET /fails` with `500 backend failed`, and anything else with
+/// `backend uri=<the request's URI>` and then every `X-Remote-*` header it received, one
+/// `name: value` line each, in order: exactly what a proxy let through.
+pub async fn echo_backend() -> String {
+    use axum::response::IntoResponse as _;
+    let app = axum::Router::new()
+        .route(
+            "/fails",
+            axum::routing::get(|| async {
+                (StatusCode::INTERNAL_SERVER_ERROR, "backend failed\n")
+            }),
+        )
+        .fallback(|request: axum::extract::Request| async move {
+            let mut text = format!("backend uri={}\n", request.uri());
+            for (name, value) in request.headers() {
+                if name.as_str().starts_with("x-remote-") {
+                    text += &format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes()));
+                }
+            }
+            text.into_response()
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr.to_string()
+}
+
+/// Asks `condition` until it holds, for at most `within` (what another process does has
+/// no event to await here); returns how long that took. Panics, naming `what`, when it
+/// never held.
+pub async fn eventually(
+    within: std::time::Duration,
+    what: &str,
+    mut condition: impl AsyncFnMut() -> bool,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    loop {
+        if condition().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// GET over plain HTTP: the status, or `None` while nothing answers (a peer that is

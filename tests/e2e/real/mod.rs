@@ -1,0 +1,183 @@
+//! The tier the real API server judges: kube-apiserver and etcd, built from their Go
+//! modules, on loopback (`control_plane`), and tokengate in front of it with `deploy/`'s
+//! own RBAC, its reviewer credential a token from the API server's TokenRequest.
+
+pub mod control_plane;
+mod readiness;
+mod revocation;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+pub use control_plane::{ControlPlane, ISSUER, control_plane};
+
+use crate::support::{HttpClient, client_trusting, eventually, post_with};
+
+/// The reviewer: `deploy/`'s service account, bound by `deploy/`'s own RBAC files.
+pub const REVIEWER: &str = "system:serviceaccount:tokengate:tokengate";
+
+static DEPLOYED: OnceCell<()> = OnceCell::const_new();
+
+/// Applies `deploy/`'s namespace, service account and RBAC to the control plane, once.
+async fn deploy_rbac(plane: &ControlPlane) {
+    DEPLOYED
+        .get_or_init(|| async {
+            let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+            let mut args = vec!["apply"];
+            let files = [
+                "namespace.yaml",
+                "serviceaccount.yaml",
+                "clusterrolebinding.yaml",
+                "clusterrole-revocation.yaml",
+            ]
+            .map(|f| format!("{deploy}/{f}"));
+            for f in &files {
+                args.extend(["-f", f]);
+            }
+            plane.kubectl(&args).await;
+        })
+        .await;
+}
+
+/// A gate (in this process) in front of the real API server; stops when dropped.
+pub struct RealGate {
+    pub plane: &'static ControlPlane,
+    pub url: String,
+    pub state: Arc<tokengate::AppState>,
+    /// The reviewer's token: the gate's upstream credential, and the caller of reviews.
+    pub reviewer_token: String,
+    client: HttpClient,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts a gate in front of the real API server with the README's settings (signature
+/// keys from discovery), overridden by `env` (`TOKENGATE_…` pairs). Not waited on.
+pub async fn start_gate(env: &[(&str, &str)]) -> RealGate {
+    start_gate_with_clock(env, Arc::new(tokengate::review::SystemClock)).await
+}
+
+/// [`start_gate`] with the gate reading time from `clock`.
+pub async fn start_gate_with_clock(
+    env: &[(&str, &str)],
+    clock: Arc<dyn tokengate::review::Clock>,
+) -> RealGate {
+    let plane = control_plane().await;
+    deploy_rbac(plane).await;
+    let dir = tempfile::tempdir().unwrap();
+    let reviewer_token = plane
+        .token("tokengate", "tokengate", &[ISSUER], None, 3600)
+        .await;
+    let token_file = dir.path().join("reviewer.token");
+    std::fs::write(&token_file, &reviewer_token).unwrap();
+    let text = format!(
+        r#"listen = "127.0.0.1:0"
+shutdown_delay = "0s"
+
+[upstream]
+url = "{url}"
+ca_file = "{ca}"
+token_file = "{token}"
+
+[policy]
+audiences = ["vault"]
+issuers = ["{ISSUER}"]
+
+[access]
+review_callers = ["{REVIEWER}"]
+"#,
+        url = plane.url,
+        ca = plane.dir.join("ca.crt").display(),
+        token = token_file.display(),
+    );
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    let config = tokengate::config::from_str(&text, env).expect("a valid config");
+    let gate = tokengate::build_with_clock(&config, clock)
+        .await
+        .expect("the gate builds");
+    let state = gate.state.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(tokengate::run(listener, gate, async move {
+        let _ = stopped.await;
+    }));
+    RealGate {
+        plane,
+        url: format!("http://{addr}"),
+        state,
+        reviewer_token,
+        client: client_trusting(&plane.ca_pem),
+        _dir: dir,
+        _stop: stop,
+    }
+}
+
+/// [`start_gate`], then waits (bounded) until it is ready: the API server has answered
+/// and the signature keys are loaded.
+pub async fn real_gate(env: &[(&str, &str)]) -> RealGate {
+    ready(start_gate(env).await).await
+}
+
+/// Waits (bounded) until `gate` is ready, and, when it watches for revocations, until
+/// its watch is healthy.
+pub async fn ready(gate: RealGate) -> RealGate {
+    let (status, body) = gate.readyz_within(std::time::Duration::from_secs(15)).await;
+    assert_eq!(status, StatusCode::OK, "the gate becomes ready: {body}");
+    if gate.state.revocation.is_some() {
+        let cache = gate.state.reviewer.cache();
+        eventually(
+            Duration::from_secs(15),
+            "the revocation watch is healthy",
+            async || cache.is_watch_healthy(),
+        )
+        .await;
+    }
+    gate
+}
+
+impl RealGate {
+    /// Waits up to `limit` for `/readyz` to say 200; the last answer.
+    pub async fn readyz_within(&self, limit: std::time::Duration) -> (StatusCode, String) {
+        let reviewer = &self.state.reviewer;
+        let ready = async {
+            reviewer.upstream().wait_ready().await;
+            if let Some(keys) = reviewer.keys() {
+                keys.wait_loaded().await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, ready).await;
+        crate::support::get(&format!("{}/readyz", self.url)).await
+    }
+
+    /// The value of one series of the gate's `/metrics` (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let (_, text) = crate::support::get(&format!("{}/metrics", self.url)).await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// TokenReviews the gate has had answered by the API server.
+    pub async fn upstream_reviews(&self) -> u64 {
+        self.metric(r#"tokengate_decisions_total{source="upstream"}"#)
+            .await
+    }
+
+    /// tokengate's answer to a TokenReview of `token` for `audiences`, asked by the reviewer.
+    pub async fn review(&self, token: &str, audiences: &[&str]) -> (StatusCode, Value) {
+        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                          "spec": {"token": token, "audiences": audiences}});
+        post_with(
+            &self.client,
+            &format!("{}/apis/authentication.k8s.io/v1/tokenreviews", self.url),
+            &self.reviewer_token,
+            body.to_string(),
+        )
+        .await
+    }
+}

@@ -1,0 +1,182 @@
+//! The revocation watch against the real API server's watch. The API server keeps a
+//! successful authentication for 10 s, so right after a deletion it still says "yes" to
+//! a token it has just accepted; tokengate must say "no" from the moment its watch sees
+//! the deletion, and never cache that stale "yes".
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::*;
+use crate::support::{TestClock, authenticated, error, eventually};
+
+const WATCH: [(&str, &str); 1] = [("TOKENGATE_REVOCATION_WATCH", "true")];
+
+/// `status.authenticated` of the API server's own answer (absent when false).
+fn said_yes(review: &Value) -> bool {
+    review["status"]["authenticated"].as_bool().unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pods_token_is_refused_while_the_api_server_still_says_yes_from_its_cache() {
+    let gate = real_gate(&WATCH).await;
+    let plane = gate.plane;
+    plane.service_account("revoke-pod", "web").await;
+    let pod = plane.pod("revoke-pod", "web-0", "web").await;
+    let token = plane
+        .token("revoke-pod", "web", &["vault"], Some(("web-0", &pod)), 3600)
+        .await;
+    let (_, review) = gate.review(&token, &["vault"]).await;
+    assert!(authenticated(&review), "{review}");
+
+    plane.delete_pod("revoke-pod", "web-0").await;
+    let deleted = Instant::now();
+    let gate_said_no = eventually(
+        Duration::from_secs(5),
+        "the gate refuses the token",
+        async || !authenticated(&gate.review(&token, &["vault"]).await.1),
+    )
+    .await;
+    // The condition the gate must not be fooled by: the API server's cached "yes".
+    let direct = plane.review(&token, &["vault"]).await;
+    assert!(
+        said_yes(&direct),
+        "the API server keeps answering yes from its cache right after the deletion: {direct}"
+    );
+    let (_, review) = gate.review(&token, &["vault"]).await;
+    assert!(!authenticated(&review), "{review}");
+
+    // Until the API server itself says no, every answer of the gate stays "no"; then both
+    // say it in the same words.
+    let mut gate_answer = String::new();
+    eventually(
+        Duration::from_secs(20),
+        "the API server refuses the token",
+        async || {
+            let (_, review) = gate.review(&token, &["vault"]).await;
+            assert!(!authenticated(&review), "the gate said yes again: {review}");
+            gate_answer = error(&review);
+            !said_yes(&plane.review(&token, &["vault"]).await)
+        },
+    )
+    .await;
+    let api_said_no = deleted.elapsed();
+    let direct = plane.review(&token, &["vault"]).await;
+    assert_eq!(
+        gate_answer,
+        direct["status"]["error"].as_str().unwrap(),
+        "{direct}"
+    );
+    assert_eq!(
+        gate_answer,
+        "[invalid bearer token, service account token has been invalidated]"
+    );
+    println!(
+        "pod deleted: tokengate said no after {} ms, the API server after {} ms",
+        gate_said_no.as_millis(),
+        api_said_no.as_millis()
+    );
+
+    // A new pod of the same name is another object: its token is accepted.
+    let pod = plane.pod("revoke-pod", "web-0", "web").await;
+    let fresh = plane
+        .token("revoke-pod", "web", &["vault"], Some(("web-0", &pod)), 3600)
+        .await;
+    assert!(authenticated(&gate.review(&fresh, &["vault"]).await.1));
+    assert!(!authenticated(&gate.review(&token, &["vault"]).await.1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_and_recreated_service_accounts_old_token_is_never_accepted_again() {
+    let gate = real_gate(&WATCH).await;
+    let plane = gate.plane;
+    plane.service_account("revoke-sa", "web").await;
+    let token = plane
+        .token("revoke-sa", "web", &["vault"], None, 3600)
+        .await;
+    assert!(authenticated(&gate.review(&token, &["vault"]).await.1));
+
+    plane
+        .kubectl(&["-n", "revoke-sa", "delete", "serviceaccount", "web"])
+        .await;
+    eventually(
+        Duration::from_secs(5),
+        "the gate refuses the token",
+        async || !authenticated(&gate.review(&token, &["vault"]).await.1),
+    )
+    .await;
+    let (_, review) = gate.review(&token, &["vault"]).await;
+    assert_eq!(
+        error(&review),
+        r#"[invalid bearer token, serviceaccounts "web" not found]"#
+    );
+    plane.service_account("revoke-sa", "web").await;
+    let fresh = plane
+        .token("revoke-sa", "web", &["vault"], None, 3600)
+        .await;
+    assert!(authenticated(&gate.review(&fresh, &["vault"]).await.1));
+    assert!(!authenticated(&gate.review(&token, &["vault"]).await.1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminating_pods_token_is_valid_until_its_deletion_timestamp_plus_the_leeway() {
+    let clock = TestClock::new();
+    let gate = ready(start_gate_with_clock(&WATCH, Arc::clone(&clock) as _).await).await;
+    let plane = gate.plane;
+    plane.service_account("terminating", "web").await;
+    // Scheduled (to a node that does not exist), so a graceful delete leaves it
+    // terminating: without a kubelet nothing ever finishes the deletion.
+    let pod = plane
+        .pod_on_node("terminating", "web-0", "web", Some("node-that-never-was"))
+        .await;
+    let token = plane
+        .token(
+            "terminating",
+            "web",
+            &["vault"],
+            Some(("web-0", &pod)),
+            3600,
+        )
+        .await;
+    assert!(authenticated(&gate.review(&token, &["vault"]).await.1));
+    plane
+        .kubectl(&[
+            "-n",
+            "terminating",
+            "delete",
+            "pod",
+            "web-0",
+            "--grace-period=30",
+            "--wait=false",
+        ])
+        .await;
+    let deletion = plane.deletion_timestamp("terminating", "web-0").await;
+    let cache = gate.state.reviewer.cache();
+    let dependency = [format!("pod:{pod}")];
+    eventually(
+        Duration::from_secs(5),
+        "the watch sees the deletion begin",
+        async || cache.revoked(&dependency).is_some(),
+    )
+    .await;
+    // The API server's own rule: valid until deletionTimestamp + 60 s, never earlier.
+    let just_before = deletion + Duration::from_secs(59);
+    clock.advance(
+        just_before
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    );
+    let (_, review) = gate.review(&token, &["vault"]).await;
+    assert!(
+        authenticated(&review),
+        "still valid 59 s after the deletion timestamp: {review}"
+    );
+    clock.advance(Duration::from_secs(2));
+    let (_, review) = gate.review(&token, &["vault"]).await;
+    assert!(!authenticated(&review), "not valid 61 s after it: {review}");
+    assert_eq!(
+        error(&review),
+        "[invalid bearer token, service account token has been invalidated]"
+    );
+}
