@@ -3,6 +3,7 @@
 //! `kubernetes` client) and the real binary. One test binary keeps link time down.
 
 mod abuse;
+mod caddy;
 mod catalog;
 mod cli;
 mod clients;

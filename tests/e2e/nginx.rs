@@ -19,14 +19,17 @@ use tokio::process::{Child, Command};
 
 use crate::support::*;
 
-/// The protected site and, on a second port, the backend behind it, which answers with
-/// the identity nginx passed on. `{gate}` is the hook's `host:port`.
+/// The protected site in front of the echo backend (`{backend}`, see
+/// `support::echo_backend`). `{gate}` is the hook's `host:port`.
 const NGINX_CONF: &str = r#"
-# One process, in the foreground, everything under the test's directory.
+# One process, in the foreground, everything under the test's directory. Debian's
+# nginx loads the headers-more module from /etc/nginx/modules-enabled; this config
+# stands alone, so it loads it itself.
 daemon off;
 master_process off;
 error_log {dir}/error.log info;
 pid {dir}/nginx.pid;
+load_module /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so;
 events { worker_connections 64; }
 
 http {
@@ -45,10 +48,14 @@ http {
             auth_request /_tokengate;
             auth_request_set $tokengate_user $upstream_http_x_remote_user;
             auth_request_set $tokengate_uid $upstream_http_x_remote_uid;
-            # Set, never passed through: a client's own X-Remote-User is overwritten.
+            auth_request_set $tokengate_group $upstream_http_x_remote_group;
+            # Every X-Remote-* header the client sent is removed (headers-more), not only
+            # the ones set below: a backend must see the gate's identity and nothing else.
+            more_clear_input_headers 'X-Remote-*';
             proxy_set_header X-Remote-User $tokengate_user;
             proxy_set_header X-Remote-Uid $tokengate_uid;
-            proxy_pass http://127.0.0.1:{backend};
+            proxy_set_header X-Remote-Group $tokengate_group;
+            proxy_pass http://{backend};
             # A failed auth subrequest (the gate's 503, or no gate) is nginx's own 500:
             # say 503, "cannot decide now", as the gate did. The backend's own 5xx
             # answers pass through untouched (proxy_intercept_errors is off).
@@ -70,16 +77,6 @@ http {
         }
     }
     # --- end ---
-
-    server {
-        listen 127.0.0.1:{backend};
-        location = /fails {
-            return 500 "backend failed\n";
-        }
-        location / {
-            return 200 "backend: user=$http_x_remote_user uid=$http_x_remote_uid uri=$request_uri\n";
-        }
-    }
 }
 "#;
 
@@ -95,11 +92,11 @@ impl Nginx {
     /// bounded, until it answers.
     async fn start(gate: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
-        let (port, backend) = (free_port(), free_port());
+        let (port, backend) = (free_port(), echo_backend().await);
         let conf = NGINX_CONF
             .replace("{dir}", &dir.path().display().to_string())
             .replace("{port}", &port.to_string())
-            .replace("{backend}", &backend.to_string())
+            .replace("{backend}", &backend)
             .replace("{gate}", gate);
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf).unwrap();
@@ -121,12 +118,9 @@ impl Nginx {
             dir,
             _child: child,
         };
-        // Any answer will do: the backend's port answers once nginx has bound both.
+        // Any answer will do: nginx answers once it has bound its port.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while try_get(&format!("http://127.0.0.1:{backend}/"))
-            .await
-            .is_none()
-        {
+        while try_get(&nginx.url).await.is_none() {
             assert!(
                 Instant::now() < deadline,
                 "nginx did not start within 10s:\n{}",
@@ -184,21 +178,29 @@ async fn a_valid_token_reaches_the_backend_with_the_identity_and_nothing_else_do
 
     let (status, _, body) = nginx.get("/orders/42?x=1", Some(&token), &[]).await;
     assert_eq!(status, StatusCode::OK, "{body}\n{}", nginx.error_log());
-    assert_eq!(
-        body,
-        format!("backend: user=system:serviceaccount:apps:web uid={uid} uri=/orders/42?x=1\n")
+    let identity = format!(
+        "x-remote-user: system:serviceaccount:apps:web\nx-remote-uid: {uid}\n\
+         x-remote-group: system:serviceaccounts\n"
     );
+    assert_eq!(body, format!("backend uri=/orders/42?x=1\n{identity}"));
 
-    // A client's own identity header never reaches the backend: nginx overwrites it
-    // with the hook's answer, or (no token) never gets that far.
-    let spoof = [("x-remote-user", "system:admin")];
-    let (_, _, body) = nginx.get("/", Some(&token), &spoof).await;
-    assert!(
-        body.starts_with("backend: user=system:serviceaccount:apps:web "),
-        "{body}"
-    );
+    // Identity headers a client sends never reach the backend, whether the gate sets
+    // them (they are overwritten) or not (they are removed); without a token the
+    // request never gets that far.
+    let forged = [
+        ("x-remote-user", "system:admin"),
+        ("x-remote-uid", "0"),
+        ("x-remote-group", "system:masters"),
+        ("X-Remote-Extra-Scopes", "everything"),
+        (
+            "x-remote-extra-authentication.kubernetes.io%2Fpod-name",
+            "other",
+        ),
+    ];
+    let (_, _, body) = nginx.get("/", Some(&token), &forged).await;
+    assert_eq!(body, format!("backend uri=/\n{identity}"));
     assert_eq!(
-        nginx.get("/", None, &spoof).await.0,
+        nginx.get("/", None, &forged).await.0,
         StatusCode::UNAUTHORIZED
     );
 
