@@ -86,6 +86,10 @@ impl Family {
             (Family::Rsa, "RS256") => Some(Ok(&signature::RSA_PKCS1_2048_8192_SHA256)),
             (Family::Rsa, "RS384") => Some(Ok(&signature::RSA_PKCS1_2048_8192_SHA384)),
             (Family::Rsa, "RS512") => Some(Ok(&signature::RSA_PKCS1_2048_8192_SHA512)),
+            // The API server signs RS256 only, but verifies RSA-PSS with the same key.
+            (Family::Rsa, "PS256") => Some(Ok(&signature::RSA_PSS_2048_8192_SHA256)),
+            (Family::Rsa, "PS384") => Some(Ok(&signature::RSA_PSS_2048_8192_SHA384)),
+            (Family::Rsa, "PS512") => Some(Ok(&signature::RSA_PSS_2048_8192_SHA512)),
             // JWS carries ECDSA signatures as fixed-width r || s.
             (Family::P256, "ES256") => Some(Ok(&signature::ECDSA_P256_SHA256_FIXED)),
             (Family::P384, "ES384") => Some(Ok(&signature::ECDSA_P384_SHA384_FIXED)),

@@ -79,10 +79,13 @@ fn fingerprint(key: &crate::cache::Key) -> Fingerprint {
 /// on a Secret only the API server can see).
 fn offline_verdict(e: &Expectation) -> Option<Verdict> {
     let (t, audiences) = e.token.as_ref()?;
-    if !e.verified || e.legacy {
+    let c = &t.claims;
+    // A UID the claims lack is one only the API server could compare with the object's.
+    let unchecked =
+        c.service_account.uid.is_empty() || c.pod.as_ref().is_some_and(|p| p.uid.is_empty());
+    if !e.verified || e.legacy || unchecked {
         return None;
     }
-    let c = &t.claims;
     let mut extra = std::collections::BTreeMap::new();
     if let Some(pod) = &c.pod {
         extra.insert(
@@ -126,7 +129,7 @@ pub const OFFLINE_EXTRA: &str = "tokengate.io/decided-offline";
 fn class(rejection: &Rejection) -> RejectionClass {
     match rejection {
         Rejection::TooLarge { .. } => RejectionClass::TooLarge,
-        Rejection::Malformed(_) => RejectionClass::Malformed,
+        Rejection::Malformed { .. } => RejectionClass::Malformed,
         Rejection::Expired { .. } => RejectionClass::Expired,
         Rejection::NotYetValid { .. } => RejectionClass::NotYetValid,
         Rejection::IssuedInTheFuture { .. } => RejectionClass::IssuedInTheFuture,
@@ -493,7 +496,8 @@ impl Reviewer {
                     Rejection::NotYetValid { .. } | Rejection::IssuedInTheFuture { .. }
                 );
                 let keep = (!not_yet).then_some((now, settings.lifetimes.negative_ttl));
-                let verdict = Verdict::denied(rejection.to_string());
+                tracing::debug!(fingerprint = %fingerprint(&key), reason = %rejection, "token rejected locally");
+                let verdict = Verdict::denied(rejection.status_error());
                 return Ok(self.local_rejection(key, verdict, class(&rejection), keep));
             }
         };
@@ -503,8 +507,9 @@ impl Reviewer {
                 Verification::Invalid(reason) => {
                     // A forged token stays forged: keep the answer, so it costs no
                     // signature check the next time either.
+                    tracing::debug!(fingerprint = %fingerprint(&key), %reason, "token rejected locally");
                     let ttl = settings.lifetimes.negative_ttl;
-                    let verdict = Verdict::denied(reason);
+                    let verdict = Verdict::denied(token::wrapped(token::CRYPTO_FAILURE));
                     return Ok(self.local_rejection(
                         key,
                         verdict,
@@ -513,9 +518,8 @@ impl Reviewer {
                     ));
                 }
                 Verification::UnknownKey(reason) if settings.unknown_kid == UnknownKid::Reject => {
-                    let verdict = Verdict::denied(format!(
-                        "{reason}; the token is not signed by the service-account issuer (verify.unknown_kid = \"forward\" lets the API server decide)"
-                    ));
+                    tracing::debug!(fingerprint = %fingerprint(&key), %reason, "token rejected locally (verify.unknown_kid = \"forward\" lets the API server decide)");
+                    let verdict = Verdict::denied(token::wrapped(token::NO_KEYS_FOUND));
                     return Ok(self.local_rejection(
                         key,
                         verdict,

@@ -28,12 +28,27 @@ pub const LEEWAY_SECONDS: i64 = 60;
 /// much larger is not one, and reading it costs memory for nothing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// Algorithms the API server signs service-account tokens with.
-pub const ALLOWED_ALGORITHMS: [&str; 6] = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512"];
+/// The words the API server's bearer-token authenticator answers with when no
+/// authenticator could read a token; a service-account authenticator's own refusal is
+/// wrapped in them (see [`wrapped`]).
+pub const INVALID_BEARER_TOKEN: &str = "invalid bearer token";
 
-/// Time values beyond this many seconds from the epoch are refused: Go's float-to-int64
-/// conversion makes them garbage at the API server, and they would overflow ours.
-const MAX_TIME_SECONDS: f64 = (1u64 << 53) as f64;
+/// go-jose's words for a signature that does not verify with the key tried, whatever
+/// the reason (another key, another algorithm, `none`, no signature at all).
+pub const CRYPTO_FAILURE: &str = "go-jose/go-jose: error in cryptographic primitive";
+
+/// The API server's words for a token whose `kid` names no published key.
+pub const NO_KEYS_FOUND: &str = "invalid signature, no keys found";
+
+/// `status.error` for a service-account token the API server refused for `reason`:
+/// `[invalid bearer token, <reason>]`, as its union of authenticators reports it.
+pub fn wrapped(reason: &str) -> String {
+    format!("[{INVALID_BEARER_TOKEN}, {reason}]")
+}
+
+/// Go converts a float beyond int64 to int64's minimum (amd64), so go-jose reads such a
+/// time as the distant past.
+const INT64_RANGE: f64 = 9_223_372_036_854_775_808.0;
 
 /// Go's `base64.RawURLEncoding`: no padding, trailing bits ignored.
 const RAW_URL: GeneralPurpose = GeneralPurpose::new(
@@ -66,7 +81,7 @@ pub enum Kind {
 /// The JOSE header fields that matter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// `alg`, one of [`ALLOWED_ALGORITHMS`].
+    /// `alg`, as written: which algorithms verify is the key's business (`keys`).
     pub alg: String,
     /// `kid`, when present.
     pub kid: Option<String>,
@@ -144,8 +159,14 @@ pub enum Rejection {
         max: usize,
     },
     /// The token names a known issuer but is not a well-formed service-account JWT.
-    #[error("malformed service account token: {0}")]
-    Malformed(String),
+    #[error("malformed service account token: {detail}")]
+    Malformed {
+        /// What is wrong, for a person.
+        detail: String,
+        /// Why the API server's service-account authenticator refuses it, in its words;
+        /// `None` when its JOSE parser cannot read the token at all.
+        reason: Option<String>,
+    },
     /// `exp` plus the leeway lies in the past.
     #[error("service account token has expired: it expired at {} ({} ago)", rfc3339(*.expires_at), ago(*.now, *.expires_at))]
     Expired {
@@ -178,7 +199,8 @@ pub enum Rejection {
         /// The requested audiences.
         requested: Vec<String>,
     },
-    /// `sub` names another user than the `kubernetes.io` claims.
+    /// A legacy token's `sub` names another user than its other claims (the projected
+    /// validator ignores `sub`).
     #[error(
         "service account token subject {subject:?} does not match its service account claims ({expected:?})"
     )]
@@ -213,6 +235,48 @@ pub enum Rejection {
     },
 }
 
+impl Rejection {
+    /// A token the API server's JOSE parser cannot read: no authenticator takes it.
+    fn unreadable(detail: impl Into<String>) -> Rejection {
+        Rejection::Malformed {
+            detail: detail.into(),
+            reason: None,
+        }
+    }
+
+    /// A token the service-account authenticator refuses with `reason`.
+    fn refused(detail: impl Into<String>, reason: &str) -> Rejection {
+        Rejection::Malformed {
+            detail: detail.into(),
+            reason: Some(reason.to_owned()),
+        }
+    }
+
+    /// What the API server answers for this token in `status.error`, word for word.
+    /// [`Display`](fmt::Display) says more, for logs and `tokengate inspect`.
+    pub fn status_error(&self) -> String {
+        match self {
+            Rejection::TooLarge { .. } | Rejection::ForeignAudience { .. } => {
+                INVALID_BEARER_TOKEN.to_owned()
+            }
+            Rejection::Malformed { reason: None, .. } => INVALID_BEARER_TOKEN.to_owned(),
+            Rejection::Malformed {
+                reason: Some(reason),
+                ..
+            } => wrapped(reason),
+            Rejection::Expired { .. } => wrapped("service account token has expired"),
+            Rejection::NotYetValid { .. } => wrapped("service account token is not valid yet"),
+            Rejection::IssuedInTheFuture { .. } => {
+                wrapped("service account token is issued in the future")
+            }
+            Rejection::Audience { .. } => wrapped(&self.to_string()),
+            Rejection::SubjectMismatch { .. } => wrapped("sub claim is invalid"),
+            // tokengate's own policy: the API server has no words for it.
+            Rejection::LegacyNotAllowed { .. } => self.to_string(),
+        }
+    }
+}
+
 /// Classifies and strictly parses a bearer token.
 ///
 /// `issuers` are the service-account issuers the API server accepts (empty = any);
@@ -224,6 +288,9 @@ pub fn classify(raw: &str, issuers: &[String]) -> Result<Classified, Rejection> 
             len: raw.len(),
             max: MAX_TOKEN_BYTES,
         });
+    }
+    if raw.trim_start().starts_with('{') {
+        return Ok(Classified::Foreign("token is JSON, not a JWT".into()));
     }
     let mut parts = raw.split('.');
     let (Some(header), Some(payload), Some(signature), None) =
@@ -237,7 +304,7 @@ pub fn classify(raw: &str, issuers: &[String]) -> Result<Classified, Rejection> 
     };
 
     // The API server first sniffs `iss` from the unverified payload; only tokens of its
-    // issuers go on to the strict parser.
+    // issuers go on to the JOSE parser.
     let Ok(payload) = RAW_URL.decode(payload) else {
         return Ok(Classified::Foreign("token payload is not base64url".into()));
     };
@@ -250,37 +317,33 @@ pub fn classify(raw: &str, issuers: &[String]) -> Result<Classified, Rejection> 
         }
         None => {
             return Ok(Classified::Foreign(
-                "token payload has no string \"iss\" claim".into(),
+                "token payload is not a JSON object with a string \"iss\" claim".into(),
             ));
         }
     };
 
-    let header = parse_header(header).map_err(Rejection::Malformed)?;
-    if signature.is_empty() || RAW_URL.decode(signature).is_err() {
-        return Err(Rejection::Malformed("signature is not base64url".into()));
+    // go-jose's ParseSigned: a header and a signature it cannot decode make the token
+    // unreadable; an empty signature is read, and fails verification.
+    let header = parse_header(header)?;
+    if RAW_URL.decode(signature).is_err() {
+        return Err(Rejection::unreadable("signature is not base64url"));
     }
-    let claims =
-        strict_object(&payload).map_err(|e| Rejection::Malformed(format!("claims: {e}")))?;
+    // A key twice anywhere in the claims is go-jose's JSON decoder's error.
+    let claims = strict_object(&payload).map_err(|e| match e.strip_prefix(DUPLICATE) {
+        Some(_) => Rejection::refused(format!("claims: {e}"), &format!("json: {e}")),
+        None => Rejection::unreadable(format!("claims: {e}")),
+    })?;
     let kind = if issuer == LEGACY_ISSUER {
         Kind::Legacy
     } else {
         Kind::Projected
     };
-    let claims = parse_claims(&claims, issuer, kind).map_err(Rejection::Malformed)?;
+    let claims = parse_claims(&claims, issuer, kind)?;
     let token = ServiceAccountToken {
         header,
         claims,
         kind,
     };
-    if let Some(subject) = &token.claims.subject {
-        let expected = token.username();
-        if *subject != expected {
-            return Err(Rejection::SubjectMismatch {
-                subject: subject.clone(),
-                expected,
-            });
-        }
-    }
     Ok(Classified::ServiceAccount(Box::new(token)))
 }
 
@@ -325,7 +388,36 @@ pub fn check(
     {
         return Err(Rejection::IssuedInTheFuture { issued_at, now });
     }
+    if token.kind == Kind::Projected {
+        unnamed_objects(claims)?;
+    }
     Ok(valid)
+}
+
+/// The validator's lookups that fail for the token alone, before any object is read
+/// (`claims.go`: the service account by namespace and name, then the bound Secret, then
+/// the bound pod); a UID the API server must compare with the object's is left to it.
+fn unnamed_objects(claims: &Claims) -> Result<(), Rejection> {
+    if claims.service_account.name.is_empty() {
+        return Err(Rejection::refused(
+            "no service account name in the \"kubernetes.io\" claim",
+            "resource name may not be empty",
+        ));
+    }
+    if claims.namespace.is_empty() {
+        return Err(Rejection::refused(
+            "no namespace in the \"kubernetes.io\" claim",
+            "the server could not find the requested resource",
+        ));
+    }
+    let unnamed = |o: &Option<ObjectRef>| o.as_ref().is_some_and(|o| o.name.is_empty());
+    if unnamed(&claims.secret) || unnamed(&claims.pod) {
+        return Err(Rejection::refused(
+            "a bound object in the \"kubernetes.io\" claim has no name",
+            "service account token has been invalidated",
+        ));
+    }
+    Ok(())
 }
 
 /// The members of `a` that are also in `b`, in `a`'s order (the API server's `Audiences.Intersect`).
@@ -376,26 +468,32 @@ fn sniff_issuer(payload: &[u8]) -> Option<String> {
     }
 }
 
-fn parse_header(segment: &str) -> Result<Header, String> {
+fn parse_header(segment: &str) -> Result<Header, Rejection> {
     let bytes = RAW_URL
         .decode(segment)
-        .map_err(|_| "header is not base64url".to_string())?;
-    let header = strict_object(&bytes).map_err(|e| format!("header: {e}"))?;
+        .map_err(|_| Rejection::unreadable("header is not base64url"))?;
+    let header =
+        strict_object(&bytes).map_err(|e| Rejection::unreadable(format!("header: {e}")))?;
+    // go-jose reads a `crit` header and then refuses to verify the signature.
     if header.contains_key("crit") {
-        return Err("header has a \"crit\" parameter, which is not supported".into());
-    }
-    let alg = match header.get("alg") {
-        Some(Value::String(alg)) => alg,
-        Some(_) => return Err("header \"alg\" is not a string".into()),
-        None => return Err("header has no \"alg\"".into()),
-    };
-    if !ALLOWED_ALGORITHMS.contains(&alg.as_str()) {
-        return Err(format!(
-            "algorithm {alg:?} is not allowed for service account tokens (allowed: {})",
-            ALLOWED_ALGORITHMS.join(", ")
+        return Err(Rejection::refused(
+            "header has a \"crit\" parameter, which is not supported",
+            CRYPTO_FAILURE,
         ));
     }
-    let kid = optional_string(&header, "kid").map_err(|e| format!("header: {e}"))?;
+    // Which algorithms verify is the key's business (see `keys`): the API server reads
+    // any `alg` here and refuses the wrong ones when it verifies.
+    let alg = match header.get("alg") {
+        Some(Value::String(alg)) => alg,
+        Some(_) => return Err(Rejection::unreadable("header \"alg\" is not a string")),
+        None => return Err(Rejection::unreadable("header has no \"alg\"")),
+    };
+    // go-jose reads an empty `kid` as none: the API server then tries every key.
+    let kid = match header.get("kid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(kid)) => Some(kid.clone()).filter(|k| !k.is_empty()),
+        Some(_) => return Err(Rejection::unreadable("header \"kid\" is not a string")),
+    };
     Ok(Header {
         alg: alg.clone(),
         kid,
@@ -404,7 +502,30 @@ fn parse_header(segment: &str) -> Result<Header, String> {
 
 type Object = serde_json::Map<String, Value>;
 
-fn parse_claims(claims: &Object, issuer: String, kind: Kind) -> Result<Claims, String> {
+/// The JSON type of `v` as Go's decoder names it in an `UnmarshalTypeError`.
+fn go_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A claim of the wrong JSON type for the Go type `go_type` it decodes into.
+fn wrong_type(what: &str, v: &Value, go_type: &str) -> Rejection {
+    Rejection::refused(
+        format!("claim {what:?} is a {}, not a {go_type}", go_kind(v)),
+        &format!(
+            "json: cannot unmarshal {} into Go value of type {go_type}",
+            go_kind(v)
+        ),
+    )
+}
+
+fn parse_claims(claims: &Object, issuer: String, kind: Kind) -> Result<Claims, Rejection> {
     let mut out = Claims {
         issuer,
         subject: optional_string(claims, "sub")?,
@@ -417,93 +538,110 @@ fn parse_claims(claims: &Object, issuer: String, kind: Kind) -> Result<Claims, S
     };
     match kind {
         Kind::Projected => {
+            // Absent or null: Go's zero value, whose empty names fail the lookups later.
+            let empty = Object::new();
             let k = match claims.get("kubernetes.io") {
+                None | Some(Value::Null) => &empty,
                 Some(Value::Object(k)) => k,
-                Some(_) => return Err("claim \"kubernetes.io\" is not an object".into()),
-                None => return Err("no \"kubernetes.io\" claim naming the service account".into()),
+                Some(v) => return Err(wrong_type("kubernetes.io", v, "serviceaccount.kubernetes")),
             };
-            out.namespace = required_string(k, "kubernetes.io", "namespace")?;
-            out.service_account = object_ref(k, "serviceaccount")?
-                .ok_or("no \"kubernetes.io.serviceaccount\" claim")?;
+            out.namespace = optional_string(k, "namespace")?.unwrap_or_default();
+            out.service_account = object_ref(k, "serviceaccount")?.unwrap_or_default();
             out.pod = object_ref(k, "pod")?;
             out.secret = object_ref(k, "secret")?;
         }
         Kind::Legacy => {
+            // legacy.go's order, each in its words.
             const P: &str = "kubernetes.io/serviceaccount/";
-            let field = |name: &str| required_string(claims, "legacy", &format!("{P}{name}"));
-            out.namespace = field("namespace")?;
+            let field = |name: &str, missing: &str| -> Result<String, Rejection> {
+                let key = format!("{P}{name}");
+                match optional_string(claims, &key)? {
+                    Some(v) if !v.is_empty() => Ok(v),
+                    _ => Err(Rejection::refused(
+                        format!("legacy claim {key:?} is missing"),
+                        &format!("{missing} claim is missing"),
+                    )),
+                }
+            };
+            if out.subject.as_deref().unwrap_or_default().is_empty() {
+                return Err(Rejection::refused(
+                    "legacy claim \"sub\" is missing",
+                    "sub claim is missing",
+                ));
+            }
+            out.namespace = field("namespace", "namespace")?;
+            let secret = field("secret.name", "secretName")?;
             out.service_account = ObjectRef {
-                name: field("service-account.name")?,
-                uid: field("service-account.uid")?,
+                name: field("service-account.name", "serviceAccountName")?,
+                uid: field("service-account.uid", "serviceAccountUID")?,
             };
             out.secret = Some(ObjectRef {
-                name: field("secret.name")?,
+                name: secret,
                 uid: String::new(),
             });
+            let expected = service_account_username(&out.namespace, &out.service_account.name);
+            if out.subject.as_deref() != Some(expected.as_str()) {
+                return Err(Rejection::SubjectMismatch {
+                    subject: out.subject.unwrap_or_default(),
+                    expected,
+                });
+            }
         }
     }
     Ok(out)
 }
 
-fn object_ref(k: &Object, key: &str) -> Result<Option<ObjectRef>, String> {
+fn object_ref(k: &Object, key: &str) -> Result<Option<ObjectRef>, Rejection> {
     match k.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(o)) => {
-            let what = format!("kubernetes.io.{key}");
-            Ok(Some(ObjectRef {
-                name: required_string(o, &what, "name")?,
-                uid: required_string(o, &what, "uid")?,
-            }))
-        }
-        Some(_) => Err(format!("claim \"kubernetes.io.{key}\" is not an object")),
+        Some(Value::Object(o)) => Ok(Some(ObjectRef {
+            name: optional_string(o, "name")?.unwrap_or_default(),
+            uid: optional_string(o, "uid")?.unwrap_or_default(),
+        })),
+        Some(v) => Err(wrong_type(
+            &format!("kubernetes.io.{key}"),
+            v,
+            "serviceaccount.ref",
+        )),
     }
 }
 
-fn required_string(o: &Object, what: &str, key: &str) -> Result<String, String> {
-    match o.get(key) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        Some(Value::String(_)) => Err(format!("{what} claim {key:?} is empty")),
-        Some(_) => Err(format!("{what} claim {key:?} is not a string")),
-        None => Err(format!("{what} claim {key:?} is missing")),
-    }
-}
-
-fn optional_string(o: &Object, key: &str) -> Result<Option<String>, String> {
+fn optional_string(o: &Object, key: &str) -> Result<Option<String>, Rejection> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(format!("claim {key:?} is not a string")),
+        Some(v) => Err(wrong_type(key, v, "string")),
     }
 }
 
 /// go-jose's `Audience`: a string or an array of strings.
-fn audiences(value: Option<&Value>) -> Result<Vec<String>, String> {
+fn audiences(value: Option<&Value>) -> Result<Vec<String>, Rejection> {
+    let refused = || {
+        Rejection::refused(
+            "claim \"aud\" is neither a string nor an array of strings",
+            "go-jose/go-jose/jwt: expected string or array value to unmarshal to Audience",
+        )
+    };
     match value {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| "claim \"aud\" has a member that is not a string".to_string())
-            })
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(refused))
             .collect(),
-        Some(_) => Err("claim \"aud\" is neither a string nor an array of strings".into()),
+        Some(_) => Err(refused()),
     }
 }
 
-/// go-jose's `NumericDate`: any JSON number, truncated to whole seconds; we also refuse
-/// values so large that time arithmetic would overflow.
-fn numeric_date(o: &Object, key: &str) -> Result<Option<i64>, String> {
+/// go-jose's `NumericDate`: any JSON number, truncated to whole seconds as Go converts a
+/// float to int64 (beyond its range: the minimum, the distant past).
+fn numeric_date(o: &Object, key: &str) -> Result<Option<i64>, Rejection> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => {
-            let v = n
-                .as_f64()
-                .ok_or_else(|| format!("claim {key:?} is not a number"))?;
-            if !v.is_finite() || v.abs() >= MAX_TIME_SECONDS {
-                return Err(format!("claim {key:?} ({n}) is out of range"));
+            let v = n.as_f64().unwrap_or(f64::INFINITY);
+            if !v.is_finite() || v.abs() >= INT64_RANGE {
+                return Ok(Some(i64::MIN));
             }
             #[allow(
                 clippy::cast_possible_truncation,
@@ -511,16 +649,31 @@ fn numeric_date(o: &Object, key: &str) -> Result<Option<i64>, String> {
             )]
             Ok(Some(v.trunc() as i64))
         }
-        Some(_) => Err(format!("claim {key:?} is not a number")),
+        Some(_) => Err(Rejection::refused(
+            format!("claim {key:?} is not a number"),
+            "go-jose/go-jose/jwt: expected number value to unmarshal NumericDate",
+        )),
     }
 }
 
-/// Parses a JSON object, refusing duplicate keys at any depth.
+/// How [`strict_object`]'s error for a repeated key begins: go-jose's JSON decoder's
+/// words, `duplicate key 'KEY' in object`.
+const DUPLICATE: &str = "duplicate key '";
+
+/// Parses a JSON object, refusing duplicate keys at any depth (the error then is
+/// `duplicate key 'KEY' in object`, as go-jose's decoder says it).
 pub fn strict_object(bytes: &[u8]) -> Result<Object, String> {
     match serde_json::from_slice::<Strict>(bytes) {
         Ok(Strict(Value::Object(map))) => Ok(map),
         Ok(_) => Err("not a JSON object".into()),
-        Err(e) => Err(format!("invalid JSON ({e})")),
+        Err(e) => {
+            let message = e.to_string();
+            let position = format!(" at line {} column {}", e.line(), e.column());
+            match message.strip_suffix(&position) {
+                Some(duplicate) if duplicate.starts_with(DUPLICATE) => Err(duplicate.to_owned()),
+                _ => Err(format!("invalid JSON ({message})")),
+            }
+        }
     }
 }
 
@@ -574,7 +727,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
         while let Some(key) = map.next_key::<String>()? {
             let Strict(value) = map.next_value()?;
             if seen.contains_key(&key) {
-                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+                return Err(de::Error::custom(format!("{DUPLICATE}{key}' in object")));
             }
             seen.insert(key, value);
         }
@@ -626,13 +779,6 @@ mod tests {
         match classify(raw, &issuers()) {
             Ok(Classified::Foreign(why)) => why,
             other => panic!("expected foreign, got {other:?}"),
-        }
-    }
-
-    fn malformed(raw: &str) -> String {
-        match classify(raw, &issuers()) {
-            Err(Rejection::Malformed(why)) => why,
-            other => panic!("expected malformed, got {other:?}"),
         }
     }
 
@@ -704,7 +850,8 @@ mod tests {
         assert!(foreign("a.b.c.d").contains("4 dot-separated segments"));
         assert!(foreign("a.!!!.c").contains("base64url"));
         // An issuer given as an array is no string issuer: the API server's sniff fails too.
-        assert!(foreign(&jwt(&with(projected(), "iss", json!([ISS])))).contains("no string"));
+        assert!(foreign(&jwt(&with(projected(), "iss", json!([ISS])))).contains("string \"iss\""));
+        assert!(foreign(&format!(" {{{}", jwt(&projected()))).contains("JSON"));
         // Padding: Go's RawURLEncoding refuses it, so the API server does not see an issuer.
         let padded = format!("{}.{}=.c2ln", b64("{}"), b64(&projected().to_string()));
         foreign(&padded);
@@ -720,59 +867,126 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_anywhere_make_the_token_invalid() {
+    fn duplicate_keys_anywhere_make_the_token_invalid_in_go_joses_words() {
         let dup_exp = format!(r#"{{"iss":"{ISS}","exp":1,"exp":{}}}"#, NOW + 100);
-        assert!(
-            malformed(&jwt_raw(r#"{"alg":"ES256"}"#, &dup_exp)).contains("duplicate key \"exp\"")
+        assert_eq!(
+            refused(&jwt_raw(r#"{"alg":"ES256"}"#, &dup_exp)),
+            wrapped("json: duplicate key 'exp' in object")
         );
         let claims = projected().to_string();
+        // In the header, go-jose cannot parse the token at all.
         let dup_header = jwt_raw(r#"{"alg":"ES256","alg":"none"}"#, &claims);
-        assert!(malformed(&dup_header).contains("duplicate key \"alg\""));
+        assert_eq!(refused(&dup_header), INVALID_BEARER_TOKEN);
         let nested = claims.replace(
             r#""namespace":"apps""#,
             r#""namespace":"apps","namespace":"kube-system""#,
         );
         assert_ne!(nested, claims);
-        assert!(
-            malformed(&jwt_raw(r#"{"alg":"ES256"}"#, &nested))
-                .contains("duplicate key \"namespace\"")
+        assert_eq!(
+            refused(&jwt_raw(r#"{"alg":"ES256"}"#, &nested)),
+            wrapped("json: duplicate key 'namespace' in object")
         );
     }
 
+    /// The API server's answer for a token this refuses: `status.error`.
+    fn refused(raw: &str) -> String {
+        classify(raw, &issuers()).unwrap_err().status_error()
+    }
+
     #[test]
-    fn unsafe_or_unknown_algorithms_and_crit_headers_are_refused() {
+    fn any_algorithm_is_read_and_left_to_the_keys_but_a_bad_header_is_unreadable() {
         let claims = projected().to_string();
-        for alg in ["none", "HS256", "HS512", "PS999", "es256"] {
-            let why = malformed(&jwt_raw(&format!(r#"{{"alg":"{alg}"}}"#), &claims));
-            assert!(why.contains(&format!("{alg:?} is not allowed")), "{why}");
+        for alg in ["none", "HS256", "PS256", "es256"] {
+            let t = sa(&jwt_raw(&format!(r#"{{"alg":"{alg}"}}"#), &claims)).unwrap();
+            assert_eq!(t.header.alg, alg);
         }
-        assert!(malformed(&jwt_raw(r#"{"kid":"x"}"#, &claims)).contains("no \"alg\""));
-        assert!(malformed(&jwt_raw(r#"{"alg":"ES256","crit":["exp"]}"#, &claims)).contains("crit"));
-        assert!(malformed(&jwt_raw(r#"{"alg":"ES256","kid":7}"#, &claims)).contains("\"kid\""));
+        // go-jose reads an empty kid as none.
+        let t = sa(&jwt_raw(r#"{"alg":"RS256","kid":""}"#, &claims)).unwrap();
+        assert_eq!(t.header.kid, None);
+        // go-jose reads a crit header, then refuses to verify.
+        let crit = jwt_raw(r#"{"alg":"ES256","crit":["exp"]}"#, &claims);
+        assert_eq!(refused(&crit), wrapped(CRYPTO_FAILURE));
+        for header in [
+            r#"{"kid":"x"}"#,
+            r#"{"alg":"ES256","kid":7}"#,
+            r#"{"alg":7}"#,
+        ] {
+            assert_eq!(
+                refused(&jwt_raw(header, &claims)),
+                INVALID_BEARER_TOKEN,
+                "{header}"
+            );
+        }
+        let no_signature = format!("{}.{}.!", b64(r#"{"alg":"RS256"}"#), b64(&claims));
+        assert_eq!(refused(&no_signature), INVALID_BEARER_TOKEN);
     }
 
     #[test]
-    fn claims_of_the_wrong_type_or_range_are_refused() {
-        for (key, value, expect) in [
-            ("exp", json!("1795863600"), "\"exp\" is not a number"),
-            ("nbf", json!(true), "\"nbf\" is not a number"),
-            ("exp", json!(9_223_372_036_854_775_807i64), "out of range"),
-            ("exp", json!(18_446_744_073_709_551_615u64), "out of range"),
-            ("iat", json!(-1e300), "out of range"),
-            ("aud", json!(7), "neither a string nor an array"),
-            ("aud", json!(["vault", 7]), "not a string"),
-            ("sub", json!(["x"]), "\"sub\" is not a string"),
+    fn claims_of_the_wrong_type_are_refused_in_go_joses_words() {
+        const DATE: &str = "go-jose/go-jose/jwt: expected number value to unmarshal NumericDate";
+        const AUDIENCE: &str =
+            "go-jose/go-jose/jwt: expected string or array value to unmarshal to Audience";
+        for (key, value, reason) in [
+            ("exp", json!("1795863600"), DATE),
+            ("nbf", json!(true), DATE),
+            ("iat", json!({}), DATE),
+            ("aud", json!(7), AUDIENCE),
+            ("aud", json!(["vault", 7]), AUDIENCE),
+            (
+                "sub",
+                json!(["x"]),
+                "json: cannot unmarshal array into Go value of type string",
+            ),
+            (
+                "jti",
+                json!(5),
+                "json: cannot unmarshal number into Go value of type string",
+            ),
+            (
+                "kubernetes.io",
+                json!("x"),
+                "json: cannot unmarshal string into Go value of type serviceaccount.kubernetes",
+            ),
         ] {
-            let why = malformed(&jwt(&with(projected(), key, value)));
-            assert!(why.contains(expect), "{key}: {why}");
+            let raw = jwt(&with(projected(), key, value));
+            assert_eq!(refused(&raw), wrapped(reason), "{key}");
         }
-        let huge = jwt_raw(
-            r#"{"alg":"ES256"}"#,
-            &projected()
-                .to_string()
-                .replace(&format!("{}", NOW + 3600), "18446744073709551616"),
+        let mut claims = projected();
+        claims["kubernetes.io"]["pod"] = json!(["web-0"]);
+        assert_eq!(
+            refused(&jwt(&claims)),
+            wrapped("json: cannot unmarshal array into Go value of type serviceaccount.ref")
         );
-        assert!(malformed(&huge).contains("out of range"));
+    }
+
+    #[test]
+    fn times_beyond_int64_are_the_distant_past_as_go_converts_them() {
+        for huge in [
+            "9223372036854775808",
+            "18446744073709551616",
+            "-1e300",
+            "1e300",
+        ] {
+            let raw = jwt_raw(
+                r#"{"alg":"ES256"}"#,
+                &projected()
+                    .to_string()
+                    .replace(&format!("{}", NOW + 3600), huge),
+            );
+            assert_eq!(
+                sa(&raw).unwrap().claims.expires_at,
+                Some(i64::MIN),
+                "{huge}"
+            );
+        }
+        // 2^53 + 1 and the largest int64 are times like any other.
+        let t = sa(&jwt(&with(
+            projected(),
+            "exp",
+            json!(9_007_199_254_740_993_u64),
+        )))
+        .unwrap();
+        assert_eq!(t.claims.expires_at, Some(9_007_199_254_740_992));
     }
 
     #[test]
@@ -788,24 +1002,67 @@ mod tests {
     }
 
     #[test]
-    fn missing_service_account_claims_are_refused() {
+    fn unnamed_objects_fail_their_lookups_after_the_audience_and_times() {
+        let checked = |claims: &Value| {
+            let t = sa(&jwt(claims)).unwrap();
+            check(&t, &aud(&["vault"]), &issuers(), at(NOW)).map_err(|e| e.status_error())
+        };
         let mut claims = projected();
         claims.as_object_mut().unwrap().remove("kubernetes.io");
-        assert!(malformed(&jwt(&claims)).contains("kubernetes.io"));
+        assert_eq!(
+            checked(&claims),
+            Err(wrapped("resource name may not be empty"))
+        );
+        claims["kubernetes.io"] = json!({"namespace": "", "serviceaccount": {"name": "web"}});
+        assert_eq!(
+            checked(&claims),
+            Err(wrapped("the server could not find the requested resource"))
+        );
+        claims["kubernetes.io"] = json!({"namespace": "apps", "serviceaccount": {"name": "web"},
+                                         "pod": {"uid": "p"}});
+        assert_eq!(
+            checked(&claims),
+            Err(wrapped("service account token has been invalidated"))
+        );
+        // A missing UID is the API server's to compare with the object's.
         claims["kubernetes.io"] = json!({"namespace": "apps", "serviceaccount": {"name": "web"}});
-        assert!(malformed(&jwt(&claims)).contains("\"uid\" is missing"));
+        assert!(checked(&claims).is_ok());
+        // The audience is checked first.
+        claims.as_object_mut().unwrap().remove("kubernetes.io");
+        claims["aud"] = json!(["other"]);
+        assert!(checked(&claims).unwrap_err().contains("token audiences"));
     }
 
     #[test]
-    fn subject_that_disagrees_with_the_service_account_claims_is_refused() {
+    fn a_projected_tokens_subject_is_ignored_a_legacy_tokens_must_name_its_account() {
         let raw = jwt(&with(
             projected(),
             "sub",
             json!("system:serviceaccount:kube-system:admin"),
         ));
-        let err = classify(&raw, &issuers()).unwrap_err();
+        assert_eq!(
+            sa(&raw).unwrap().username(),
+            "system:serviceaccount:apps:web"
+        );
+        let legacy = json!({
+            "iss": LEGACY_ISSUER, "sub": "system:serviceaccount:kube-system:admin",
+            "kubernetes.io/serviceaccount/namespace": "apps",
+            "kubernetes.io/serviceaccount/secret.name": "web-token-x",
+            "kubernetes.io/serviceaccount/service-account.name": "web",
+            "kubernetes.io/serviceaccount/service-account.uid": "sa-1"
+        });
+        let err = classify(&jwt(&legacy), &issuers()).unwrap_err();
         assert!(matches!(err, Rejection::SubjectMismatch { .. }));
-        assert!(err.to_string().contains("system:serviceaccount:apps:web"));
+        assert_eq!(err.status_error(), wrapped("sub claim is invalid"));
+        let mut missing = legacy.clone();
+        missing
+            .as_object_mut()
+            .unwrap()
+            .remove("kubernetes.io/serviceaccount/secret.name");
+        assert_eq!(
+            refused(&jwt(&missing)),
+            wrapped("secretName claim is missing")
+        );
     }
 
     #[test]
@@ -1033,7 +1290,7 @@ mod tests {
 
         proptest! {
             #[test]
-            fn an_accepted_tokens_subject_always_names_its_service_account(
+            fn an_accepted_token_names_the_service_account_of_its_claims_whatever_its_subject(
                 sub in subject(), ns in name(), sa in name(), pod in prop::option::of(name())
             ) {
                 let mut claims = projected();
@@ -1045,14 +1302,14 @@ mod tests {
                     None => { claims.as_object_mut().unwrap().remove("sub"); }
                     Some(v) => claims["sub"] = v,
                 }
-                if let Ok(Classified::ServiceAccount(t)) = classify(&jwt(&claims), &issuers()) {
+                if let Ok(Classified::ServiceAccount(t)) = classify(&jwt(&claims), &issuers())
+                    && check(&t, &aud(&["vault"]), &issuers(), at(NOW)).is_ok()
+                {
                     let c = &t.claims;
                     prop_assert!(!c.namespace.is_empty() && !c.service_account.name.is_empty());
-                    prop_assert!(!c.service_account.uid.is_empty());
                     prop_assert_eq!(&c.namespace, &ns);
                     prop_assert_eq!(&c.service_account.name, &sa);
-                    prop_assert!(c.subject.as_ref().is_none_or(|s| *s == t.username()),
-                                 "sub {:?} accepted for {}", c.subject, t.username());
+                    prop_assert_eq!(t.username(), service_account_username(&ns, &sa));
                 }
             }
 

@@ -78,9 +78,13 @@ impl Authority<'_> {
             // The API server's SA authenticators pass on tokens they cannot parse or
             // whose issuer is not theirs; the bearer-token wrapper then says this.
             Ok(Classified::Foreign(_))
-            | Err(Rejection::Malformed(_) | Rejection::TooLarge { .. }) => {
+            | Err(Rejection::Malformed { reason: None, .. } | Rejection::TooLarge { .. }) => {
                 return Err(INVALID_BEARER_TOKEN.to_owned());
             }
+            Err(Rejection::Malformed {
+                reason: Some(reason),
+                ..
+            }) => return Err(reason),
             // The legacy validator checks `sub`; the projected one ignores it (a knowingly
             // stricter sim here: the gate refuses such a token too).
             Err(Rejection::SubjectMismatch { .. }) if is_legacy(raw) => {
@@ -257,11 +261,17 @@ pub(crate) fn review_status(outcome: Result<Authenticated, String>) -> TokenRevi
             audiences: Some(ok.audiences),
             error: None,
         },
+        // The API server's union of authenticators wraps a service-account refusal in
+        // the bearer-token authenticator's own words.
         Err(error) => TokenReviewStatus {
             authenticated: None,
             user: Some(UserInfo::default()),
             audiences: None,
-            error: Some(error),
+            error: Some(if error == INVALID_BEARER_TOKEN {
+                error
+            } else {
+                token::wrapped(&error)
+            }),
         },
     }
 }

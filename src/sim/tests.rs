@@ -113,7 +113,7 @@ async fn a_pod_bound_token_is_reviewed_over_tls_until_the_pod_is_deleted() {
     assert_eq!(code, StatusCode::CREATED);
     assert_eq!(
         json["status"],
-        json!({"user": {}, "error": "service account token has been invalidated"})
+        json!({"user": {}, "error": "[invalid bearer token, service account token has been invalidated]"})
     );
     assert_eq!(sim.reviews_served(), 2);
 }

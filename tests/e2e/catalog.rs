@@ -61,8 +61,14 @@ fn case(name: impl Into<String>, input: Input, expect: Expect) -> Case {
     }
 }
 
-fn rejected(reason: impl Into<String>) -> Expect {
-    Expect::Rejected(reason.into())
+/// Rejected with exactly this `status.error`.
+fn rejected(error: impl Into<String>) -> Expect {
+    Expect::Rejected(error.into())
+}
+
+/// Rejected as the API server's service-account authenticator refuses for `reason`.
+fn refused(reason: &str) -> Expect {
+    rejected(format!("[invalid bearer token, {reason}]"))
 }
 
 fn review(token: impl Into<String>) -> Input {
@@ -88,9 +94,18 @@ fn now() -> i64 {
 }
 
 const SIGNATURE: &str = "c2lnbmF0dXJl";
+/// The API server's words for a token no authenticator could read.
+const UNREADABLE: &str = "invalid bearer token";
+/// The API server's words for a signature that does not verify.
 const BAD_SIGNATURE: &str =
-    "invalid signature: the token is not signed by the service-account issuer's key";
-const NOT_SIGNED: &str = "the token is not signed by the service-account issuer";
+    "[invalid bearer token, go-jose/go-jose: error in cryptographic primitive]";
+/// The API server's words for a `kid` that names no published key.
+const NO_KEYS: &str = "[invalid bearer token, invalid signature, no keys found]";
+/// go-jose's words for a time claim that is not a number.
+const NOT_A_DATE: &str = "go-jose/go-jose/jwt: expected number value to unmarshal NumericDate";
+/// go-jose's words for an `aud` that is neither a string nor an array of them.
+const NOT_AN_AUDIENCE: &str =
+    "go-jose/go-jose/jwt: expected string or array value to unmarshal to Audience";
 
 /// The facts the cases are built from: a real service account, the sim's issuer and kid.
 struct World {
@@ -187,16 +202,11 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     let kid = &w.kid;
     let iss = &w.iss;
     let t = w.t;
-    let foreign = |why: &str| {
-        rejected(format!(
-            "{why}; such a token can only be valid for the API server's own audiences [{iss:?}], not for [\"vault\"]"
-        ))
-    };
-    let not_allowed = |alg: &str| {
-        rejected(format!(
-            "malformed service account token: algorithm {alg:?} is not allowed for service account tokens"
-        ))
-    };
+    // Not a service-account token of ours: nothing the API server could accept for
+    // `vault` (the why is the gate's debug log's).
+    let foreign = |_why: &str| rejected(UNREADABLE);
+    // Any algorithm is read; the keys refuse the ones they are not published for.
+    let not_allowed = |_alg: &str| rejected(BAD_SIGNATURE);
 
     // Algorithms: only RS*/ES* as the API server signs; anything else dies in the parser.
     for alg in [
@@ -255,13 +265,13 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
         add(
             name,
             review(unsigned(&header, &claims)),
-            rejected("malformed service account token: header \"alg\" is not a string"),
+            rejected(UNREADABLE),
         );
     }
     add(
         "no alg",
         review(unsigned(&json!({"kid": kid}).to_string(), &claims)),
-        rejected("malformed service account token: header has no \"alg\""),
+        rejected(UNREADABLE),
     );
     // Allowed names, but not the algorithm the named key is published for.
     for alg in ["RS256", "RS384", "RS512", "ES384"] {
@@ -269,9 +279,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
         add(
             &format!("{alg} claimed for the sim's P-256 key"),
             review(unsigned(&header, &claims)),
-            rejected(format!(
-                "invalid signature: the token says {alg} but its key is an EC P-256 key"
-            )),
+            rejected(BAD_SIGNATURE),
         );
     }
     add(
@@ -293,7 +301,6 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
         "file:///etc/shadow",
         "http://169.254.169.254/latest/meta-data/",
         "' OR '1'='1",
-        "",
         "%00",
         "kid\"with\\quotes",
     ] {
@@ -301,20 +308,22 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
         add(
             &format!("kid {bad_kid:?}"),
             review(forge(&header, &w.claims())),
-            rejected(format!(
-                "no published service-account key has kid {bad_kid:?}; {NOT_SIGNED}"
-            )),
+            rejected(NO_KEYS),
         );
     }
+    // go-jose reads an empty kid as none: every key is tried, and none verifies.
+    add(
+        "kid \"\"",
+        review(forge(&json!({"alg": "ES256", "kid": ""}), &w.claims())),
+        rejected(BAD_SIGNATURE),
+    );
     add(
         "kid with a NUL",
         review(forge(
             &json!({"alg": "ES256", "kid": "a\u{0}b"}),
             &w.claims(),
         )),
-        rejected(format!(
-            "no published service-account key has kid \"a\\0b\"; {NOT_SIGNED}"
-        )),
+        rejected(NO_KEYS),
     );
     add(
         "kid of 10 KB",
@@ -322,7 +331,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
             &json!({"alg": "ES256", "kid": "k".repeat(10_000)}),
             &w.claims(),
         )),
-        rejected("no published service-account key has kid \"kkkk"),
+        rejected(NO_KEYS),
     );
     for (name, value) in [("kid a number", json!(7)), ("kid an array", json!([kid]))] {
         add(
@@ -331,7 +340,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
                 &json!({"alg": "ES256", "kid": value}).to_string(),
                 &claims,
             )),
-            rejected("malformed service account token: header: claim \"kid\" is not a string"),
+            rejected(UNREADABLE),
         );
     }
 
@@ -363,9 +372,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
             &json!({"alg": "ES256", "kid": "attacker", "jwk": attacker_jwk()}),
             &w.claims(),
         )),
-        rejected(format!(
-            "no published service-account key has kid \"attacker\"; {NOT_SIGNED}"
-        )),
+        rejected(NO_KEYS),
     );
     add(
         "jku header, forged, no kid",
@@ -382,25 +389,21 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
                 &json!({"alg": "ES256", "kid": kid, "crit": crit}).to_string(),
                 &claims,
             )),
-            rejected(
-                "malformed service account token: header has a \"crit\" parameter, which is not supported",
-            ),
+            rejected(BAD_SIGNATURE),
         );
     }
 
     // Duplicate keys: invalid, as go-jose reads them, never "last one wins".
-    let dup = |key: &str| {
-        format!("malformed service account token: claims: invalid JSON (duplicate key {key:?}")
-    };
+    let dup = |key: &str| format!("json: duplicate key '{key}' in object");
     add(
         "duplicate exp",
         review(w.text(&w.edited("\"exp\":", &format!("\"exp\":{},\"exp\":", t - 7200)))),
-        rejected(dup("exp")),
+        refused(&dup("exp")),
     );
     add(
         "duplicate aud",
         review(w.text(&w.edited("\"aud\":", "\"aud\":[\"api\"],\"aud\":"))),
-        rejected(dup("aud")),
+        refused(&dup("aud")),
     );
     add(
         "duplicate sub",
@@ -408,7 +411,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
             "\"sub\":",
             "\"sub\":\"system:serviceaccount:kube-system:admin\",\"sub\":",
         ))),
-        rejected(dup("sub")),
+        refused(&dup("sub")),
     );
     add(
         "duplicate kubernetes.io",
@@ -416,7 +419,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
             "\"kubernetes.io\":",
             "\"kubernetes.io\":{},\"kubernetes.io\":",
         ))),
-        rejected(dup("kubernetes.io")),
+        refused(&dup("kubernetes.io")),
     );
     add(
         "duplicate kubernetes.io.namespace",
@@ -424,22 +427,22 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
             "\"namespace\":\"apps\"",
             "\"namespace\":\"apps\",\"namespace\":\"kube-system\"",
         ))),
-        rejected(dup("namespace")),
+        refused(&dup("namespace")),
     );
     add(
         "duplicate kubernetes.io.serviceaccount.uid",
         review(w.text(&w.edited("\"uid\":", "\"uid\":\"x\",\"uid\":"))),
-        rejected(dup("uid")),
+        refused(&dup("uid")),
     );
     add(
         "duplicate key spelled with an escape",
         review(w.text(&w.edited("\"jti\":", "\"jti\":\"a\",\"\\u006ati\":"))),
-        rejected(dup("jti")),
+        refused(&dup("jti")),
     );
     add(
         "duplicate iss, ours last",
         review(w.text(&w.edited("\"iss\":", "\"iss\":\"https://evil.example\",\"iss\":"))),
-        rejected(dup("iss")),
+        refused(&dup("iss")),
     );
     // serde_json's lenient sniff keeps the last `iss`: another issuer, so foreign.
     add(
@@ -458,7 +461,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
             &format!(r#"{{"alg":"ES256","kid":"{kid}","alg":"none"}}"#),
             &claims,
         )),
-        rejected("malformed service account token: header: invalid JSON (duplicate key \"alg\""),
+        rejected(UNREADABLE),
     );
     add(
         "duplicate kid in the header",
@@ -466,7 +469,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
             &format!(r#"{{"alg":"ES256","kid":"other","kid":"{kid}"}}"#),
             &claims,
         )),
-        rejected("malformed service account token: header: invalid JSON (duplicate key \"kid\""),
+        rejected(UNREADABLE),
     );
     // go-jose matches claim names case-sensitively: "EXP" is another claim, ignored.
     add(
@@ -477,7 +480,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
 
     // aud: a string or an array of strings; intersected with the requested audiences.
     let audience = |token: &str| {
-        rejected(format!(
+        refused(&format!(
             "token audiences {token} is invalid for the target audiences [\"vault\"]"
         ))
     };
@@ -505,37 +508,23 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
             audience(&format!("[{iss:?}]")),
         ),
         ("aud null", Value::Null, audience(&format!("[{iss:?}]"))),
-        (
-            "aud a number",
-            json!(7),
-            rejected(
-                "malformed service account token: claim \"aud\" is neither a string nor an array of strings",
-            ),
-        ),
-        (
-            "aud true",
-            json!(true),
-            rejected("claim \"aud\" is neither a string nor an array of strings"),
-        ),
+        ("aud a number", json!(7), refused(NOT_AN_AUDIENCE)),
+        ("aud true", json!(true), refused(NOT_AN_AUDIENCE)),
         (
             "aud an object",
             json!({"vault": true}),
-            rejected("claim \"aud\" is neither a string nor an array of strings"),
+            refused(NOT_AN_AUDIENCE),
         ),
         (
             "aud an array of numbers",
             json!([7]),
-            rejected("claim \"aud\" has a member that is not a string"),
+            refused(NOT_AN_AUDIENCE),
         ),
-        (
-            "aud nested",
-            json!([["vault"]]),
-            rejected("claim \"aud\" has a member that is not a string"),
-        ),
+        ("aud nested", json!([["vault"]]), refused(NOT_AN_AUDIENCE)),
         (
             "aud with a null member",
             json!(["vault", null]),
-            rejected("claim \"aud\" has a member that is not a string"),
+            refused(NOT_AN_AUDIENCE),
         ),
         (
             "aud a string of ours",
@@ -552,15 +541,14 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     );
 
     // Times: any JSON number, truncated; no strings, no overflow, no garbage.
-    let not_number = |k: &str| {
-        rejected(format!(
-            "malformed service account token: claim {k:?} is not a number"
-        ))
-    };
-    let out_of_range = |k: &str, n: &str| {
-        rejected(format!(
-            "malformed service account token: claim {k:?} ({n}) is out of range"
-        ))
+    let not_number = |_k: &str| refused(NOT_A_DATE);
+    // Go converts a float beyond int64 to int64's minimum, the distant past; 2^53 is a
+    // time like any other, in the distant future.
+    let far = |k: &str, n: &str| match (k, n == "9007199254740992") {
+        ("exp", false) => refused("service account token has expired"),
+        ("nbf", true) => refused("service account token is not valid yet"),
+        ("iat", true) => refused("service account token is issued in the future"),
+        _ => rejected(BAD_SIGNATURE),
     };
     for key in ["exp", "nbf", "iat"] {
         add(
@@ -591,14 +579,14 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
                     &format!("\"{key}\":"),
                     &format!("\"{key}\":{n},\"x{key}\":"),
                 ))),
-                out_of_range(key, &serde_json::from_str::<Value>(n).unwrap().to_string()),
+                far(key, n),
             );
         }
     }
     add(
         "exp a float in the past",
         review(w.unsigned(&w.with("exp", json!(t as f64 - 3600.5)))),
-        rejected("service account token has expired: it expired at"),
+        refused("service account token has expired"),
     );
     add(
         "exp a float in the future",
@@ -608,17 +596,17 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     add(
         "exp in exponent notation, in the past",
         review(w.text(&w.edited("\"exp\":", &format!("\"exp\":{}e0,\"xexp\":", t - 3600)))),
-        rejected("service account token has expired"),
+        refused("service account token has expired"),
     );
     add(
         "exp -1",
         review(w.unsigned(&w.with("exp", json!(-1)))),
-        rejected("service account token has expired: it expired at @-1"),
+        refused("service account token has expired"),
     );
     add(
         "exp -0",
         review(w.text(&w.edited("\"exp\":", "\"exp\":-0,\"xexp\":"))),
-        rejected("service account token has expired: it expired at 1970-01-01T00:00:00Z"),
+        refused("service account token has expired"),
     );
     add(
         "exp 1e309 (not a JSON number serde reads)",
@@ -638,122 +626,118 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     add(
         "nbf a day ahead",
         review(w.unsigned(&w.with("nbf", json!(t + 86_400)))),
-        rejected("service account token is not valid yet"),
+        refused("service account token is not valid yet"),
     );
     // In range for the parser (under 2^53 s) but past year 9999, where RFC 3339 ends:
     // the reason must still be written (a fuzzing finding: formatting it panicked).
     add(
         "nbf in the year 65,000",
         review(w.unsigned(&w.with("nbf", json!(1_995_859_859_990i64)))),
-        rejected("service account token is not valid yet: it is valid from @1995859859990"),
+        refused("service account token is not valid yet"),
     );
     add(
         "iat in the year 65,000",
         review(w.unsigned(&w.with("iat", json!(1_995_859_859_990i64)))),
-        rejected("service account token is issued in the future: issued at @1995859859990"),
+        refused("service account token is issued in the future"),
     );
     add(
         "iat just past 9999-12-31T23:59:59Z",
         review(w.unsigned(&w.with("iat", json!(253_402_300_800i64)))),
-        rejected("service account token is issued in the future: issued at @253402300800"),
+        refused("service account token is issued in the future"),
     );
     add(
         "iat at 9999-12-31T23:59:59Z",
         review(w.unsigned(&w.with("iat", json!(253_402_300_799i64)))),
-        rejected("service account token is issued in the future: issued at 9999-12-31T23:59:59Z"),
+        refused("service account token is issued in the future"),
     );
     add(
         "iat an hour ahead",
         review(w.unsigned(&w.with("iat", json!(t + 3600)))),
-        rejected("service account token is issued in the future"),
+        refused("service account token is issued in the future"),
     );
 
-    // Missing or misshapen claims.
+    // Missing or misshapen claims: go-jose's decoding errors; the names the validator
+    // looks up (claims.go); a missing UID is the API server's to compare.
     let k8s = |v: Value| w.with("kubernetes.io", v);
-    for (name, claims, why) in [
+    let not_a_string = refused("json: cannot unmarshal number into Go value of type string");
+    for (name, claims, expect) in [
         (
             "no kubernetes.io",
             w.without("kubernetes.io"),
-            "no \"kubernetes.io\" claim naming the service account",
+            refused("resource name may not be empty"),
         ),
         (
             "kubernetes.io a string",
             k8s(json!("apps")),
-            "claim \"kubernetes.io\" is not an object",
+            refused(
+                "json: cannot unmarshal string into Go value of type serviceaccount.kubernetes",
+            ),
         ),
         (
             "no serviceaccount",
             k8s(json!({"namespace": "apps"})),
-            "no \"kubernetes.io.serviceaccount\" claim",
+            refused("resource name may not be empty"),
         ),
         (
-            "no serviceaccount uid",
+            "no serviceaccount uid: the signature decides",
             k8s(json!({"namespace": "apps", "serviceaccount": {"name": "web"}})),
-            "kubernetes.io.serviceaccount claim \"uid\" is missing",
+            rejected(BAD_SIGNATURE),
         ),
         (
             "empty namespace",
             k8s(json!({"namespace": "", "serviceaccount": {"name": "web", "uid": w.uid}})),
-            "kubernetes.io claim \"namespace\" is empty",
+            refused("the server could not find the requested resource"),
         ),
         (
             "namespace a number",
             k8s(json!({"namespace": 7, "serviceaccount": {"name": "web", "uid": w.uid}})),
-            "kubernetes.io claim \"namespace\" is not a string",
+            not_a_string.clone(),
         ),
         (
             "pod a string",
             k8s(
                 json!({"namespace": "apps", "serviceaccount": {"name": "web", "uid": w.uid}, "pod": "web-0"}),
             ),
-            "claim \"kubernetes.io.pod\" is not an object",
+            refused("json: cannot unmarshal string into Go value of type serviceaccount.ref"),
         ),
         (
             "sub a number",
             w.with("sub", json!(7)),
-            "claim \"sub\" is not a string",
+            not_a_string.clone(),
         ),
-        (
-            "jti a number",
-            w.with("jti", json!(7)),
-            "claim \"jti\" is not a string",
-        ),
+        ("jti a number", w.with("jti", json!(7)), not_a_string),
     ] {
-        add(
-            name,
-            review(w.unsigned(&claims)),
-            rejected(format!("malformed service account token: {why}")),
-        );
+        add(name, review(w.unsigned(&claims)), expect);
     }
     add(
         "sub of another account",
         review(w.unsigned(&w.with("sub", json!("system:serviceaccount:kube-system:admin")))),
-        rejected(
-            "service account token subject \"system:serviceaccount:kube-system:admin\" does not match its service account claims (\"system:serviceaccount:apps:web\")",
-        ),
+        // The projected validator ignores `sub`: the signature decides.
+        rejected(BAD_SIGNATURE),
     );
     add(
         "namespace with a NUL",
         review(w.unsigned(&k8s(
             json!({"namespace": "apps\u{0}", "serviceaccount": {"name": "web", "uid": w.uid}}),
         ))),
-        rejected(
-            "does not match its service account claims (\"system:serviceaccount:apps\\0:web\")",
-        ),
+        rejected(BAD_SIGNATURE),
     );
     add(
         "legacy token",
         review(gate.sim.legacy_token("apps", "web")),
-        rejected("legacy service account token for system:serviceaccount:apps:web is not accepted"),
+        rejected(
+            tokengate::token::Rejection::LegacyNotAllowed {
+                username: "system:serviceaccount:apps:web".into(),
+            }
+            .to_string(),
+        ),
     );
     add(
         "legacy issuer, fields missing",
         review(w.unsigned(
             &json!({"iss": "kubernetes/serviceaccount", "sub": "system:serviceaccount:apps:web"}),
         )),
-        rejected(
-            "malformed service account token: legacy claim \"kubernetes.io/serviceaccount/namespace\" is missing",
-        ),
+        refused("namespace claim is missing"),
     );
     for (name, claims, why) in [
         (
@@ -840,17 +824,17 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
             b"{\"alg\":\"ES256\xff\"}",
             claims.as_bytes(),
         )),
-        rejected("malformed service account token: header: invalid JSON"),
+        rejected(UNREADABLE),
     );
     add(
         "header an array",
         review(unsigned("[]", &claims)),
-        rejected("malformed service account token: header: not a JSON object"),
+        rejected(UNREADABLE),
     );
     add(
         "header not JSON",
         review(unsigned("alg=ES256", &claims)),
-        rejected("malformed service account token: header: invalid JSON"),
+        rejected(UNREADABLE),
     );
     add(
         "header nested 5,000 levels",
@@ -858,7 +842,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
             &format!(r#"{{"alg":"ES256","x":{}}}"#, nested(5000, true)),
             &claims,
         )),
-        rejected("malformed service account token: header: invalid JSON (recursion limit exceeded"),
+        rejected(UNREADABLE),
     );
 
     // Encoding: Go's RawURLEncoding, exactly.
@@ -898,30 +882,31 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     add(
         "header padded",
         review(format!("{h}=.{p}.{SIGNATURE}")),
-        rejected("malformed service account token: header is not base64url"),
+        rejected(UNREADABLE),
     );
     add(
         "leading space",
         review(format!(" {good}")),
-        rejected("malformed service account token: header is not base64url"),
+        rejected(UNREADABLE),
     );
     add(
         "tab in the header",
         review(format!("{}\t{}.{p}.{SIGNATURE}", &h[..5], &h[5..])),
-        rejected("malformed service account token: header is not base64url"),
+        rejected(UNREADABLE),
+    );
+    // An empty signature is read, and fails verification, as go-jose does.
+    add(
+        "signature empty",
+        review(format!("{h}.{p}.")),
+        rejected(BAD_SIGNATURE),
     );
     for (name, sig) in [
         ("signature padded", format!("{SIGNATURE}==")),
-        ("signature empty", String::new()),
         ("signature in standard base64", "c2ln+/+/".into()),
         ("signature with a space", "c2ln bmF0".into()),
         ("trailing newline", format!("{SIGNATURE}\n")),
     ] {
-        add(
-            name,
-            review(format!("{h}.{p}.{sig}")),
-            rejected("malformed service account token: signature is not base64url"),
-        );
+        add(name, review(format!("{h}.{p}.{sig}")), rejected(UNREADABLE));
     }
     // A real token made non-canonical: the same bytes decoded, but the signature covers
     // the text, so it no longer verifies.
@@ -943,7 +928,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     add(
         "real token with non-canonical trailing bits in the signature",
         review(non_canonical(&real, 2)),
-        rejected("invalid signature: the signature is not canonical base64url"),
+        rejected(BAD_SIGNATURE),
     );
     let real_sig = real.rsplit('.').next().unwrap().to_string();
     add(
@@ -979,9 +964,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
                 "{h}.{}.{SIGNATURE}",
                 "A".repeat(len - h.len() - SIGNATURE.len() - 2)
             )),
-            rejected(format!(
-                "token is {len} bytes, more than the 16384 bytes a service-account token can be"
-            )),
+            rejected(UNREADABLE),
         );
     }
     let deep = w.edited(
@@ -991,7 +974,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     add(
         "claims nested 10,000 levels",
         review(w.text(&deep)),
-        rejected("more than the 16384 bytes a service-account token can be"),
+        rejected(UNREADABLE),
     );
     add(
         "a 15 KB claims segment, under the limit",
@@ -1097,7 +1080,7 @@ fn non_canonical(token: &str, i: usize) -> String {
     parts.join(".")
 }
 
-fn body_cases(w: &World) -> Vec<Case> {
+fn body_cases() -> Vec<Case> {
     let not_a_review = "the request body is not a TokenReview";
     let mut cases: Vec<Case> = [
         ("an array", "[]".to_string(), not_a_review),
@@ -1252,12 +1235,7 @@ fn body_cases(w: &World) -> Vec<Case> {
             Expect::Status(400, not_a_review),
         ));
     }
-    let foreign_for = |why: &str, requested: &str| {
-        rejected(format!(
-            "{why}; such a token can only be valid for the API server's own audiences [{:?}], not for {requested}",
-            w.iss
-        ))
-    };
+    let foreign_for = |_why: &str, _requested: &str| rejected(UNREADABLE);
     let not_jwt = "token is not a JWT (it has 1 dot-separated segment, a JWT has 3)";
     for (name, body, expect) in [
         (
@@ -1288,15 +1266,12 @@ fn body_cases(w: &World) -> Vec<Case> {
         (
             "3,000 audiences",
             json!({"spec": {"token": "garbage", "audiences": (0..3000).map(|i| format!("a{i}")).collect::<Vec<_>>()}}),
-            rejected(format!(
-                "{not_jwt}; such a token can only be valid for the API server's own audiences [{:?}], not for [\"a0\" \"a1\"",
-                w.iss
-            )),
+            rejected(UNREADABLE),
         ),
         (
             "an audience of 50 KB",
             json!({"spec": {"token": "garbage", "audiences": ["v".repeat(50_000)]}}),
-            rejected("can only be valid for the API server's own audiences"),
+            rejected(UNREADABLE),
         ),
     ] {
         cases.push(case(
@@ -1352,14 +1327,11 @@ fn body_cases(w: &World) -> Vec<Case> {
 }
 
 fn auth_cases(w: &World) -> Vec<Case> {
-    let invalid = |reason: &str| Expect::Http(401, format!("invalid token: {reason}"));
+    let invalid = |error: &str| Expect::Http(401, format!("invalid token: {error}\n"));
     let no_token = Expect::Http(401, "no bearer token".into());
     let header = |s: &str| s.as_bytes().to_vec();
     let big = |n: usize| format!("Bearer {}", "a".repeat(n)).into_bytes();
-    let foreign = format!(
-        "token is not a JWT (it has 1 dot-separated segment, a JWT has 3); such a token can only be valid for the API server's own audiences [{:?}], not for [\"vault\"]",
-        w.iss
-    );
+    let foreign = UNREADABLE;
     let forged = forge(
         &json!({"alg": "ES256", "kid": "\"\r\n<evil>\\"}),
         &w.claims(),
@@ -1399,7 +1371,7 @@ fn auth_cases(w: &World) -> Vec<Case> {
             "lower-case scheme, padded",
             "/auth".into(),
             header("bearer   garbage  "),
-            invalid(&foreign),
+            invalid(foreign),
         ),
         (
             "alg none",
@@ -1410,25 +1382,25 @@ fn auth_cases(w: &World) -> Vec<Case> {
                 b64(w.claims().to_string())
             )
             .into_bytes(),
-            invalid("malformed service account token: algorithm \"none\" is not allowed"),
+            invalid(BAD_SIGNATURE),
         ),
         (
             "a quote, CR and LF in the kid",
             "/auth".into(),
             format!("Bearer {forged}").into_bytes(),
-            invalid("no published service-account key has kid"),
+            invalid(NO_KEYS),
         ),
         (
             "a 20 KB token",
             "/auth".into(),
             big(20_000),
-            invalid("token is 20000 bytes, more than the 16384 bytes"),
+            invalid(UNREADABLE),
         ),
         (
             "a wrong audience asked 500 times",
             format!("/auth?{}", "audience=x&".repeat(500)),
             header("Bearer garbage"),
-            Expect::Http(401, "not for [\"x\" \"x\"".into()),
+            invalid(UNREADABLE),
         ),
         (
             "a 1 MB token",
@@ -1644,11 +1616,8 @@ fn check(expect: &Expect, answer: &Answer, json: &Value, text: &str, calls: u64)
                 ));
             }
             let error = json["status"]["error"].as_str().unwrap_or_default();
-            if !error.contains(reason.as_str()) {
-                return Some(format!(
-                    "status.error {:?} does not contain {reason:?}",
-                    short(error)
-                ));
+            if error != reason.as_str() {
+                return Some(format!("status.error {:?} is not {reason:?}", short(error)));
             }
             asked(0)
         }
@@ -1738,8 +1707,7 @@ async fn hostile_tokens_are_rejected_locally_with_a_precise_reason_or_forwarded_
 #[tokio::test]
 async fn hostile_request_bodies_get_a_status_or_a_precise_rejection() {
     let gate = spawn_gate(&[]).await;
-    let w = world(&gate).await;
-    let n = run(&gate, body_cases(&w)).await;
+    let n = run(&gate, body_cases()).await;
     assert!(n >= 40, "the body catalog has {n} cases");
     still_serving(&gate).await;
 }

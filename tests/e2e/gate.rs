@@ -113,7 +113,7 @@ async fn hopeless_tokens_are_rejected_locally_without_calling_the_api_server() {
                 t - 7200,
                 t - 3600,
             )),
-            "service account token has expired: it expired at",
+            "[invalid bearer token, service account token has expired]",
         ),
         (
             "not yet valid",
@@ -126,19 +126,15 @@ async fn hopeless_tokens_are_rejected_locally_without_calling_the_api_server() {
                 t + 600,
                 t + 3600,
             )),
-            "service account token is not valid yet",
+            "[invalid bearer token, service account token is not valid yet]",
         ),
-        (
-            "other issuer",
-            other_issuer,
-            "is not a service-account issuer of this cluster",
-        ),
+        ("other issuer", other_issuer, "invalid bearer token"),
         (
             "wrong audience",
             gate.mint("apps", "web", &["api"], None),
-            r#"token audiences ["api"] is invalid for the target audiences ["vault"]"#,
+            r#"[invalid bearer token, token audiences ["api"] is invalid for the target audiences ["vault"]]"#,
         ),
-        ("not a JWT", "not-a-jwt".into(), "token is not a JWT"),
+        ("not a JWT", "not-a-jwt".into(), "invalid bearer token"),
         (
             "duplicate claim",
             unsigned(
@@ -149,7 +145,7 @@ async fn hopeless_tokens_are_rejected_locally_without_calling_the_api_server() {
                     t + 60
                 ),
             ),
-            "malformed service account token",
+            "[invalid bearer token, json: duplicate key 'exp' in object]",
         ),
         (
             "legacy",
@@ -326,7 +322,10 @@ async fn a_deleted_pod_fails_a_fresh_token_at_the_api_server_and_the_no_is_passe
     let (_, review) = gate.review(&token, None).await;
     assert!(!authenticated(&review));
     // The API server's wording since it stopped telling why (kubernetes#123157 era).
-    assert_eq!(error(&review), "service account token has been invalidated");
+    assert_eq!(
+        error(&review),
+        "[invalid bearer token, service account token has been invalidated]"
+    );
     // A definitive no is cached for negative_ttl: asking again costs nothing.
     let before = gate.upstream_calls();
     let (_, review) = gate.review(&token, None).await;
@@ -506,10 +505,7 @@ async fn an_upstream_yes_for_a_token_the_gate_sees_as_foreign_needs_an_api_audie
     let (_, review) = gate
         .review("bootstrap-token-abcdef", Some(&["vault"]))
         .await;
-    assert!(
-        error(&review).contains("can only be valid for the API server's own audiences"),
-        "{review}"
-    );
+    assert_eq!(error(&review), "invalid bearer token", "{review}");
     assert_eq!(gate.upstream_calls() - before, 1);
 }
 

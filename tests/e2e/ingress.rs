@@ -74,7 +74,7 @@ async fn missing_and_invalid_tokens_get_an_rfc_6750_challenge() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         h["www-authenticate"],
-        r#"Bearer realm="tokengate", error="invalid_token", error_description="token audiences ['vault'] is invalid for the target audiences ['api']""#
+        r#"Bearer realm="tokengate", error="invalid_token", error_description="[invalid bearer token, token audiences ['vault'] is invalid for the target audiences ['api']]""#
     );
     assert!(body.contains(r#"["vault"]"#), "{body}");
     assert!(!body.contains(&token) && !h["www-authenticate"].to_str().unwrap().contains(&token));

@@ -245,7 +245,7 @@ async fn missing_expired_and_wrong_audience_tokens_get_401_with_the_gates_challe
             wrong_audience.as_str(),
             "token audiences ['vault'] is invalid for the target audiences ['api']",
         ),
-        ("garbage", "not-a-jwt", "token is not a JWT"),
+        ("garbage", "not-a-jwt", "invalid bearer token"),
     ] {
         let (status, h, body) = nginx.get("/", Some(token), &[]).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{case}: {body}");

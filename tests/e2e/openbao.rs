@@ -270,9 +270,9 @@ async fn openbao_denies_other_accounts_expired_wrong_audience_and_deleted_accoun
     // TokenReview's status.error, tokengate's or the API server's wording.
     let log = bao.log();
     for reason in [
-        r#"login unauthorized: err="lookup failed: token issuer \"https://evil.example\" is not a service-account issuer of this cluster"#,
-        r#"login unauthorized: err="lookup failed: invalid signature"#,
-        r#"login unauthorized: err="lookup failed: serviceaccounts \"web\" not found""#,
+        r#"login unauthorized: err="lookup failed: invalid bearer token""#,
+        r#"login unauthorized: err="lookup failed: [invalid bearer token, go-jose/go-jose: error in cryptographic primitive]""#,
+        r#"login unauthorized: err="lookup failed: [invalid bearer token, serviceaccounts \"web\" not found]""#,
     ] {
         assert!(
             log.contains(reason),

@@ -62,7 +62,11 @@ async fn forged_tokens_are_rejected_locally_and_cost_nothing_the_second_time() {
         let (status, review) = gate.review(&forged, None).await;
         assert_eq!(status, StatusCode::CREATED);
         assert!(!authenticated(&review));
-        assert!(error(&review).contains("invalid signature"), "{review}");
+        assert_eq!(
+            error(&review),
+            "[invalid bearer token, go-jose/go-jose: error in cryptographic primitive]",
+            "{review}"
+        );
     }
     assert_eq!(
         gate.upstream_calls(),
@@ -84,20 +88,21 @@ async fn alg_none_and_hs256_with_the_public_key_never_pass() {
     let kid = gate.sim.current_kid();
     let body = b64(claims(&gate, "apps", "web", &uid).to_string().as_bytes());
     let none = format!("{}.{body}.", b64(br#"{"alg":"none"}"#));
-    // The classic confusion: HMAC keyed with public bytes the attacker can read. HS* is
-    // refused before any key is looked up, so which public bytes does not matter.
+    // The classic confusion: HMAC keyed with public bytes the attacker can read. No
+    // published key verifies HS*, so which public bytes does not matter.
     let header = b64(format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#).as_bytes());
     let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, gate.sim.ca_pem().as_bytes());
     let mac = ring::hmac::sign(&hmac_key, format!("{header}.{body}").as_bytes());
     let hs256 = format!("{header}.{body}.{}", b64(mac.as_ref()));
     let calls = gate.upstream_calls();
-    for (name, token, needle) in [
-        ("none", none, r#"algorithm "none" is not allowed"#),
-        ("HS256", hs256, r#"algorithm "HS256" is not allowed"#),
-    ] {
+    for (name, token) in [("none", none), ("HS256", hs256)] {
         let (_, review) = gate.review(&token, None).await;
         assert!(!authenticated(&review), "{name}");
-        assert!(error(&review).contains(needle), "{name}: {review}");
+        assert_eq!(
+            error(&review),
+            "[invalid bearer token, go-jose/go-jose: error in cryptographic primitive]",
+            "{name}: {review}"
+        );
     }
     assert_eq!(gate.upstream_calls(), calls);
 }
@@ -115,10 +120,9 @@ async fn an_unknown_kid_causes_one_refresh_then_a_rejection_however_many_arrive(
         );
         let (_, review) = gate.review(&forged, None).await;
         assert!(!authenticated(&review));
-        assert!(
-            error(&review).contains(&format!(
-                "no published service-account key has kid \"random-{i}\""
-            )),
+        assert_eq!(
+            error(&review),
+            "[invalid bearer token, invalid signature, no keys found]",
             "{review}"
         );
     }

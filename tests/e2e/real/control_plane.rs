@@ -327,11 +327,21 @@ impl ControlPlane {
 
     /// POSTs `body` to `path` as the admin; the status and the answer as JSON.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let client = self.admin().await;
         let request = http::Request::post(path)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(body).unwrap())
             .unwrap();
+        self.send(request).await
+    }
+
+    /// GETs `path` as the admin; the status and the answer as JSON.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(http::Request::get(path).body(Vec::new()).unwrap())
+            .await
+    }
+
+    async fn send(&self, request: http::Request<Vec<u8>>) -> (u16, Value) {
+        let client = self.admin().await;
         let response = client
             .send(request.map(kube::client::Body::from))
             .await

@@ -3,6 +3,7 @@
 //! own RBAC, its reviewer credential a token from the API server's TokenRequest.
 
 pub mod control_plane;
+mod differential;
 mod readiness;
 mod revocation;
 
@@ -170,8 +171,18 @@ impl RealGate {
 
     /// tokengate's answer to a TokenReview of `token` for `audiences`, asked by the reviewer.
     pub async fn review(&self, token: &str, audiences: &[&str]) -> (StatusCode, Value) {
-        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                          "spec": {"token": token, "audiences": audiences}});
+        self.review_spec(json!({"token": token, "audiences": audiences}))
+            .await
+    }
+
+    /// The same, naming no audience (the gate's `policy.audiences` are asked for).
+    pub async fn review_naming_no_audience(&self, token: &str) -> (StatusCode, Value) {
+        self.review_spec(json!({ "token": token })).await
+    }
+
+    async fn review_spec(&self, spec: Value) -> (StatusCode, Value) {
+        let body =
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec});
         post_with(
             &self.client,
             &format!("{}/apis/authentication.k8s.io/v1/tokenreviews", self.url),
