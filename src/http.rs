@@ -60,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .fallback(not_found)
         .with_state(state);
     with_middleware(routes, budget, metrics)
 }
@@ -536,14 +537,17 @@ async fn authorize_caller(
     let admitted = REMEMBERED_CALLER.try_with(|remembered| {
         let remembered = remembered.borrow();
         let remembered = remembered.as_ref()?;
-        state
-            .reviewer
-            .admitted(bearer_bytes(headers)?, remembered, access_generation, now)
+        state.reviewer.admitted(
+            caller_token_bytes(headers)?,
+            remembered,
+            access_generation,
+            now,
+        )
     });
     if let Ok(Some(settings)) = admitted {
         return Ok(settings);
     }
-    let Some(token) = bearer(headers) else {
+    let Some(token) = caller_token(headers) else {
         return Err(ApiError::Unauthorized);
     };
     let key = REMEMBERED_CALLER
@@ -581,20 +585,16 @@ async fn authorize_caller(
     }
 }
 
+/// Any other path.
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
 /// The token of an `Authorization: Bearer` header (scheme case-insensitive, as RFC 6750),
 /// when the header's value is visible ASCII (`HeaderValue::to_str`).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     value.get(bearer_token(value.as_bytes())?)
-}
-
-/// The same token's bytes, without the check that the value is visible ASCII: for
-/// comparing with a token already checked, where equal bytes make the check's outcome
-/// known (the rest of the value can only be `Bearer`, a space, spaces and tabs), and
-/// the check, a byte at a time, costs more than the comparison (BENCHMARKS.md).
-fn bearer_bytes(headers: &HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
-    value.get(bearer_token(value)?)
 }
 
 /// Where the token is in an `Authorization` value: after the scheme `Bearer` (any case)
@@ -606,6 +606,48 @@ fn bearer_token(value: &[u8]) -> Option<std::ops::Range<usize>> {
     let start = space + 1 + value[space + 1..].iter().take_while(|b| blank(b)).count();
     let end = value.len() - value[start..].iter().rev().take_while(|b| blank(b)).count();
     (value[..space].eq_ignore_ascii_case(b"bearer") && start < end).then_some(start..end)
+}
+
+/// The caller's token on the TokenReview endpoints, read as the API server's bearer-token
+/// authenticator reads it, so that a caller is who the API server would take it for: the
+/// first `Authorization` header, trimmed, `Bearer` in any case, then the word after the
+/// first space. `Bearer  TOKEN` (two spaces) or `Bearer\tTOKEN` carries no token.
+/// Only the token itself must be text (visible ASCII or tabs); what follows it is ignored,
+/// as the API server ignores it.
+fn caller_token(headers: &HeaderMap) -> Option<&str> {
+    let token = caller_token_bytes(headers)?;
+    let text = token
+        .iter()
+        .all(|b| *b == b'\t' || (b' '..=b'~').contains(b));
+    if text {
+        std::str::from_utf8(token).ok()
+    } else {
+        None
+    }
+}
+
+/// The same token's bytes, without the check that they are text: for comparing with a
+/// token already checked, where equal bytes make the check's outcome known, and the
+/// check, a byte at a time, costs more than the comparison (BENCHMARKS.md).
+fn caller_token_bytes(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    value.get(caller_token_range(value)?)
+}
+
+/// Go's `strings.TrimSpace`, then `strings.SplitN(value, " ", 3)`: the second part, when
+/// the first is `bearer` in any case and the second is not empty.
+fn caller_token_range(value: &[u8]) -> Option<std::ops::Range<usize>> {
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let start = value.iter().position(|b| !space(b))?;
+    let end = value.len() - value.iter().rev().take_while(|b| space(b)).count();
+    let scheme_end = start + value[start..end].iter().position(|&b| b == b' ')?;
+    let token_start = scheme_end + 1;
+    let token_end = value[token_start..end]
+        .iter()
+        .position(|&b| b == b' ')
+        .map_or(end, |i| token_start + i);
+    (value[start..scheme_end].eq_ignore_ascii_case(b"bearer") && token_start < token_end)
+        .then_some(token_start..token_end)
 }
 
 fn review_response(api_version: &str, spec: &ReviewSpec<'_>, decision: &Decision) -> Response {
@@ -639,6 +681,10 @@ pub enum ApiError {
     /// The request is not a well-formed TokenReview.
     #[error("{0}")]
     BadRequest(String),
+    /// No such endpoint (a namespaced TokenReview URL among them: TokenReviews are
+    /// cluster-scoped), in the API server's words.
+    #[error("the server could not find the requested resource")]
+    NotFound,
     /// The body is larger than [`MAX_BODY_BYTES`].
     #[error("the request body is larger than {MAX_BODY_BYTES} bytes; a TokenReview is far smaller")]
     TooLarge,
@@ -656,6 +702,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "NotFound"),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
             ApiError::Upstream(_) | ApiError::Overloaded(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
@@ -805,14 +852,18 @@ mod tests {
     mod bearer {
         use proptest::prelude::*;
 
-        use super::super::{bearer, bearer_bytes};
+        use super::super::{bearer, caller_token, caller_token_bytes};
         use axum::http::{HeaderMap, HeaderValue, header};
 
-        /// RFC 6750's reading as the gate did it before the bytes were read apart.
-        fn reference(value: &HeaderValue) -> Option<&str> {
-            let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
-            let token = token.trim();
-            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+        /// The API server's reading (k8s.io/apiserver's bearertoken), as written there.
+        fn reference(value: &HeaderValue) -> Option<String> {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            let value = value.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b');
+            let mut parts = value.splitn(3, ' ');
+            let (scheme, token) = (parts.next()?, parts.next()?);
+            let text = token.chars().all(|c| c == '\t' || (' '..='~').contains(&c));
+            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && text)
+                .then(|| token.to_owned())
         }
 
         fn headers(value: &[u8]) -> Option<HeaderMap> {
@@ -821,7 +872,7 @@ mod tests {
         }
 
         #[test]
-        fn reads_the_token_of_a_bearer_value() {
+        fn auth_reads_the_token_of_a_bearer_value_as_rfc_6750() {
             for (value, token) in [
                 ("Bearer abc.def", Some("abc.def")),
                 ("bEaReR \t abc \t", Some("abc")),
@@ -833,30 +884,57 @@ mod tests {
             ] {
                 let map = headers(value.as_bytes()).unwrap();
                 assert_eq!(bearer(&map), token, "{value:?}");
-                assert_eq!(bearer_bytes(&map), token.map(str::as_bytes), "{value:?}");
             }
             assert_eq!(bearer(&HeaderMap::new()), None);
-            assert_eq!(bearer_bytes(&HeaderMap::new()), None);
+        }
+
+        #[test]
+        fn a_caller_token_is_read_as_the_api_server_reads_it() {
+            for (value, token) in [
+                ("Bearer abc.def", Some("abc.def")),
+                (" bEaReR abc \t", Some("abc")),
+                ("Bearer a b", Some("a")),
+                ("Bearer  abc", None),
+                ("Bearer \tabc", Some("\tabc")),
+                ("Bearer\tabc", None),
+                ("Bearer", None),
+                ("Basic abc", None),
+            ] {
+                let map = headers(value.as_bytes()).unwrap();
+                assert_eq!(caller_token(&map), token, "{value:?}");
+                assert_eq!(
+                    caller_token(&map).map(str::to_owned),
+                    reference(&map[header::AUTHORIZATION]),
+                    "{value:?}"
+                );
+                assert_eq!(
+                    caller_token_bytes(&map),
+                    token.map(str::as_bytes),
+                    "{value:?}"
+                );
+            }
+            assert_eq!(caller_token(&HeaderMap::new()), None);
         }
 
         proptest! {
-            /// `bearer` reads every value as the reference does, and `bearer_bytes`
-            /// finds the same token; where the value is not visible ASCII, `bearer`
-            /// refuses it, and `bearer_bytes` never gives a token that `bearer` would
-            /// give, so comparing its bytes with a checked token admits only that token.
+            /// `caller_token` reads every value as the API server does, and
+            /// `caller_token_bytes` finds the same token; where the value is not visible
+            /// ASCII, `caller_token` refuses it, and `caller_token_bytes` never gives a
+            /// token that `caller_token` would give, so comparing its bytes with a checked
+            /// token admits only that token.
             #[test]
-            fn bearer_bytes_agrees_with_the_checked_reading(
+            fn caller_token_bytes_agrees_with_the_checked_reading(
                 value in proptest::collection::vec(
                     prop::sample::select(b"BbEeAaRrx .\t\x80\xe9\x7f\x01".to_vec()), 0..14),
                 prefix in prop::sample::select(vec!["", "Bearer ", "bearer\t ", "Basic "]),
             ) {
                 let value = [prefix.as_bytes(), &value].concat();
                 let Some(map) = headers(&value) else { return Ok(()) };
-                let checked = bearer(&map);
-                prop_assert_eq!(checked, reference(&map[header::AUTHORIZATION]));
+                let checked = caller_token(&map);
+                prop_assert_eq!(checked.map(str::to_owned), reference(&map[header::AUTHORIZATION]));
                 match checked {
-                    Some(token) => prop_assert_eq!(bearer_bytes(&map), Some(token.as_bytes())),
-                    None => if let Some(unchecked) = bearer_bytes(&map) {
+                    Some(token) => prop_assert_eq!(caller_token_bytes(&map), Some(token.as_bytes())),
+                    None => if let Some(unchecked) = caller_token_bytes(&map) {
                         let visible = |b: &u8| (b' '..=b'~').contains(b) || *b == b'\t';
                         prop_assert!(!unchecked.iter().all(visible), "{:?} read {:?}", value, unchecked);
                     },

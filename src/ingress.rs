@@ -31,6 +31,20 @@ pub async fn auth(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: U
 }
 
 async fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> (Response, Outcome) {
+    // A backend behind the proxy may read another of several headers than the one
+    // checked here: refuse the request rather than guess which.
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        let response = (
+            StatusCode::BAD_REQUEST,
+            "more than one Authorization header: send exactly one\n",
+        );
+        return (response.into_response(), Outcome::Rejected);
+    }
     let Some(token) = bearer(headers) else {
         return (challenge(None), Outcome::Rejected);
     };

@@ -771,13 +771,17 @@ async fn one_connection_with_several_callers_judges_each_request_by_its_own_toke
         assert_eq!(status, expected, "{answer}");
     }
     // The admitted reviewer's token in other `Authorization` values: the connection's
-    // memory of it answers only what reading the header afresh would.
+    // memory of it answers only what reading the header afresh would, and that is what
+    // the API server reads: the word after `Bearer ` (a tab is part of it; what follows
+    // a second space is ignored).
     for (authorization, expected) in [
-        (format!("bearer \t{reviewer}\t "), StatusCode::CREATED),
+        (format!(" bearer {reviewer}\t "), StatusCode::CREATED),
+        (format!("bearer \t{reviewer}\t "), StatusCode::UNAUTHORIZED),
+        (format!("Bearer  {reviewer}"), StatusCode::UNAUTHORIZED),
         (format!("Basic {reviewer}"), StatusCode::UNAUTHORIZED),
         (format!("Bearer\t{reviewer}"), StatusCode::UNAUTHORIZED),
         (format!("Bearer {reviewer}\u{e9}"), StatusCode::UNAUTHORIZED),
-        (format!("Bearer {reviewer} x"), StatusCode::UNAUTHORIZED),
+        (format!("Bearer {reviewer} x"), StatusCode::CREATED),
         (format!("Bearer {reviewer}"), StatusCode::CREATED),
     ] {
         let (status, answer) = connection

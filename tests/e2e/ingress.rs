@@ -115,3 +115,25 @@ async fn an_undecidable_token_gets_503_never_200() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(h.get("x-remote-user").is_none());
 }
+
+#[tokio::test]
+async fn a_request_with_two_authorization_headers_is_refused_with_400() {
+    let gate = spawn_gate(&[]).await;
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    for pair in [
+        [format!("Bearer {token}"), "Bearer not-a-token".to_string()],
+        ["Bearer not-a-token".to_string(), format!("Bearer {token}")],
+        [format!("Bearer {token}"), format!("Bearer {token}")],
+    ] {
+        let mut request = http::Request::get(format!("{}/auth", gate.url));
+        for value in &pair {
+            request = request.header(http::header::AUTHORIZATION, value);
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = plain_client().request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(response.headers().get("x-remote-user").is_none());
+    }
+}

@@ -5,6 +5,7 @@
 pub mod control_plane;
 mod differential;
 mod readiness;
+mod requests;
 mod revocation;
 
 use std::sync::Arc;
