@@ -27,7 +27,7 @@ use crate::token::Header;
 use crate::upstream::{self, Upstream, UpstreamError};
 
 /// Refreshes on an unknown `kid` happen at most this often.
-pub const UNKNOWN_KID_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+pub const UNKNOWN_KID_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a key set is kept when its source names no `max-age`, and the longest any is.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Where the API server serves its service-account signing keys.
@@ -486,9 +486,11 @@ impl Keys {
         }
     }
 
-    /// Checks `raw`'s signature. On an unknown `kid`, refreshes the keys first, unless a
-    /// refresh happened within [`UNKNOWN_KID_REFRESH_INTERVAL`]; concurrent callers share
-    /// one refresh.
+    /// Checks `raw`'s signature. On an unknown `kid`, refreshes the keys first, at most
+    /// once every [`UNKNOWN_KID_REFRESH_INTERVAL`]: within it, the check waits for the
+    /// next refresh rather than refuse, so a key published just after a flood of unknown
+    /// `kid`s (which spent the last refresh) verifies its tokens within the interval.
+    /// Concurrent callers share one refresh.
     pub async fn verify(&self, raw: &str, header: &Header) -> Verification {
         let Some(set) = self.current() else {
             return Verification::Unverifiable("the issuer's keys are not loaded".into());
@@ -501,8 +503,11 @@ impl Keys {
             let mut last = self.refresh.lock().await;
             // Another caller may have refreshed while this one waited for the lock.
             let fresh = self.current().is_some_and(|s| !Arc::ptr_eq(&s, &set));
-            let recent = last.is_some_and(|t| t.elapsed() < UNKNOWN_KID_REFRESH_INTERVAL);
-            if !fresh && !recent {
+            if !fresh {
+                // Held across the wait: callers behind it share the refresh that follows.
+                if let Some(t) = *last {
+                    tokio::time::sleep_until(t + UNKNOWN_KID_REFRESH_INTERVAL).await;
+                }
                 let _ = self.load().await;
                 *last = Some(Instant::now());
             }

@@ -113,12 +113,15 @@ async fn an_unknown_kid_causes_one_refresh_then_a_rejection_however_many_arrive(
     let uid = gate.sim.create_service_account("apps", "web");
     let jwks = gate.sim.jwks_served();
     let calls = gate.upstream_calls();
-    for i in 0..20 {
+    let flood = (0..20).map(|i| {
         let forged = forge(
             &json!({"alg": "ES256", "kid": format!("random-{i}")}),
             &claims(&gate, "apps", "web", &uid),
         );
-        let (_, review) = gate.review(&forged, None).await;
+        let gate = &gate;
+        async move { gate.review(&forged, None).await.1 }
+    });
+    for review in futures::future::join_all(flood).await {
         assert!(!authenticated(&review));
         assert_eq!(
             error(&review),
@@ -132,6 +135,36 @@ async fn an_unknown_kid_causes_one_refresh_then_a_rejection_however_many_arrive(
         "one refresh for the whole flood"
     );
     assert_eq!(gate.upstream_calls(), calls);
+}
+
+#[tokio::test]
+async fn a_key_published_right_after_a_flood_of_unknown_kids_verifies_at_once() {
+    let gate = spawn_gate(&[]).await;
+    let uid = gate.sim.create_service_account("apps", "web");
+    gate.sim.create_pod("apps", "web-0", "web");
+    // The flood spends the refresh an unknown kid may cause.
+    let forged = forge(
+        &json!({"alg": "ES256", "kid": "random"}),
+        &claims(&gate, "apps", "web", &uid),
+    );
+    let jwks = gate.sim.jwks_served();
+    assert!(!authenticated(&gate.review(&forged, None).await.1));
+    assert_eq!(gate.sim.jwks_served() - jwks, 1);
+    // Then the API server publishes a new key and signs with it.
+    let kid = gate.sim.rotate_keys().unwrap();
+    let genuine = gate.mint("apps", "web", &["vault"], Some("web-0"));
+    let started = std::time::Instant::now();
+    let (_, review) = gate.review(&genuine, None).await;
+    assert!(
+        authenticated(&review),
+        "a token of the new key {kid}: {review}"
+    );
+    assert!(
+        started.elapsed() <= tokengate::keys::UNKNOWN_KID_REFRESH_INTERVAL + Duration::from_secs(1),
+        "accepted after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(gate.sim.jwks_served() - jwks, 2, "one more refresh");
 }
 
 #[tokio::test]
