@@ -578,9 +578,15 @@ async fn authorize_caller(
             }
             Ok(Arc::clone(key.settings()))
         }
+        // The API server's words, its authorizer's reason after them when there is one.
         Err(why) => Err(ApiError::Forbidden(format!(
-            "tokenreviews.authentication.k8s.io is forbidden: User {:?} cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope: {why}",
-            user.username()
+            "tokenreviews.authentication.k8s.io is forbidden: User {:?} cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope{}",
+            user.username(),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {why}")
+            }
         ))),
     }
 }

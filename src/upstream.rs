@@ -300,7 +300,8 @@ impl Upstream {
 
     /// Asks the API server (SubjectAccessReview) whether `user` may create TokenReviews,
     /// as the API server itself requires of a TokenReview's caller. `Ok(Err(reason))` is
-    /// a definitive no.
+    /// a definitive no, with the authorizer's reason (empty when it gave none, as RBAC
+    /// gives none when no rule matches).
     #[tracing::instrument(skip_all, name = "upstream.access_review")]
     pub async fn may_review_tokens(
         &self,
@@ -339,9 +340,7 @@ impl Upstream {
         if status.allowed && status.denied != Some(true) {
             Ok(Ok(()))
         } else {
-            Ok(Err(status.reason.filter(|r| !r.is_empty()).unwrap_or_else(
-                || "no RBAC rule allows it (SubjectAccessReview)".into(),
-            )))
+            Ok(Err(status.reason.unwrap_or_default()))
         }
     }
 

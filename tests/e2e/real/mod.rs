@@ -3,6 +3,7 @@
 //! own RBAC, its reviewer credential a token from the API server's TokenRequest.
 
 pub mod control_plane;
+mod deploy;
 mod differential;
 mod readiness;
 mod requests;
