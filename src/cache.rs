@@ -138,14 +138,22 @@ type Dependents = Arc<Mutex<HashMap<String, HashSet<Key>>>>;
 /// successful authentications, whatever happened to the object since.
 pub const REMEMBER_REVOKED: Duration = Duration::from_secs(300);
 
-/// What the revocation watch saw of an object a verdict may stand on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the revocation watch saw of an object a verdict may stand on (how long its
+/// tokens stay valid after that is the API server's rule for the token: see
+/// `review::hold_to_revocations`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Revoked {
-    /// From when a token bound to it is invalid: its deletion, or its `deletionTimestamp`
-    /// plus the API server's leeway.
-    pub from: SystemTime,
-    /// Whether it is gone (else: being deleted).
-    pub gone: bool,
+    /// When the watch saw it gone.
+    pub gone_at: Option<SystemTime>,
+    /// Its `deletionTimestamp`, while it is being deleted.
+    pub deleting_since: Option<SystemTime>,
+}
+
+impl Revoked {
+    /// The earlier of both times.
+    fn first(&self) -> Option<SystemTime> {
+        self.gone_at.into_iter().chain(self.deleting_since).min()
+    }
 }
 
 /// Takes an entry that left the cache out of the dependency index.
@@ -395,29 +403,34 @@ impl VerdictCache {
         keys.len()
     }
 
-    /// Remembers that tokens bound to `dependency` are invalid from `revoked.from` on, for
-    /// [`REMEMBER_REVOKED`] after that (see [`VerdictCache::revoked`]). Returns whether
-    /// this moved the object's `from` (a new or an earlier one): then the caller evicts
-    /// its verdicts at `from`.
-    pub fn remember_revoked(&self, dependency: &str, revoked: Revoked, now: SystemTime) -> bool {
+    /// Remembers what the watch saw of `dependency` (each time the earliest seen), for
+    /// [`REMEMBER_REVOKED`] after it (see [`VerdictCache::revoked`]). Returns whether this
+    /// told something new: then the caller evicts the verdicts that depend on it, so that
+    /// the next review is held to it.
+    pub fn remember_revoked(&self, dependency: &str, seen: Revoked, now: SystemTime) -> bool {
         let mut known = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
-        known.retain(|_, r| r.from + REMEMBER_REVOKED > now);
-        let earlier = known.get(dependency).is_none_or(|r| revoked.from < r.from);
-        if earlier {
-            known.insert(dependency.to_owned(), revoked);
+        known.retain(|_, r| r.first().is_some_and(|t| t + REMEMBER_REVOKED > now));
+        let old = known.get(dependency).copied().unwrap_or_default();
+        let earliest = |a: Option<SystemTime>, b: Option<SystemTime>| a.into_iter().chain(b).min();
+        let merged = Revoked {
+            gone_at: earliest(old.gone_at, seen.gone_at),
+            deleting_since: earliest(old.deleting_since, seen.deleting_since),
+        };
+        if merged == old {
+            return false;
         }
-        earlier
+        known.insert(dependency.to_owned(), merged);
+        true
     }
 
-    /// Of `dependencies`, the one remembered as revoked soonest, if any: its index and
-    /// what was remembered.
-    pub fn revoked(&self, dependencies: &[String]) -> Option<(usize, Revoked)> {
+    /// What is remembered of each of `dependencies`, with its index.
+    pub fn revoked(&self, dependencies: &[String]) -> Vec<(usize, Revoked)> {
         let known = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
         dependencies
             .iter()
             .enumerate()
             .filter_map(|(i, d)| Some((i, *known.get(d)?)))
-            .min_by_key(|(_, r)| r.from)
+            .collect()
     }
 
     /// The dependencies cached verdicts have that start with `prefix` (`pod:`…).

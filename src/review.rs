@@ -728,7 +728,7 @@ async fn fetch(
         fetched.expires_at = now + extended;
         fetched.ttl = extended;
     }
-    Ok(hold_to_revocations(&cache, fetched, now))
+    Ok(hold_to_revocations(&cache, fetched, e.legacy, now))
 }
 
 /// Holds a "yes" to what the watch has seen of the objects it stands on. The API server
@@ -736,37 +736,61 @@ async fn fetch(
 /// whose pod or service account the watch has seen deleted: such a "yes" becomes the
 /// "no" it will say once that cache has expired, and is not kept. A "yes" for a token
 /// whose object is being deleted stands until the object's `deletionTimestamp` plus the
-/// API server's leeway (a pod's `preStop` hook may still log in), and is kept no longer.
-fn hold_to_revocations(cache: &VerdictCache, mut fetched: Fetched, now: SystemTime) -> Fetched {
+/// API server's leeway (`claims.go`: a pod's `preStop` hook may still log in; a `legacy`
+/// token has none, `legacy.go`), and is kept no longer.
+fn hold_to_revocations(
+    cache: &VerdictCache,
+    mut fetched: Fetched,
+    legacy: bool,
+    now: SystemTime,
+) -> Fetched {
     if !fetched.verdict.authenticated {
         return fetched;
     }
-    let Some((i, revoked)) = cache.revoked(&fetched.depends_on) else {
+    let leeway = if legacy {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(token::LEEWAY_SECONDS.unsigned_abs())
+    };
+    // The first moment any object it stands on makes the token invalid.
+    let first = cache
+        .revoked(&fetched.depends_on)
+        .into_iter()
+        .filter_map(|(i, seen)| {
+            let past_leeway = seen.deleting_since.map(|t| t + leeway);
+            let from = seen.gone_at.into_iter().chain(past_leeway).min()?;
+            Some((from, i, seen.gone_at.is_some_and(|t| t <= from)))
+        })
+        .min();
+    let Some((from, i, gone)) = first else {
         return fetched;
     };
-    if revoked.from <= now {
+    if from <= now {
         let username = fetched.verdict.user.as_ref().map_or("", |u| u.username());
-        let error = revoked_error(&fetched.depends_on[i], revoked.gone, username);
+        let error = revoked_error(&fetched.depends_on[i], gone, username, legacy);
         tracing::debug!(%error, "the API server's \"yes\" is for a token whose object the watch saw deleted");
         return Fetched::new(Arc::new(Verdict::denied(error)), now, Duration::ZERO);
     }
-    if revoked.from < fetched.expires_at {
-        fetched.expires_at = revoked.from;
-        fetched.ttl = revoked.from.duration_since(now).unwrap_or_default();
-        fetched.capped_at = fetched.capped_at.map(|c| c.min(revoked.from));
+    if from < fetched.expires_at {
+        fetched.expires_at = from;
+        fetched.ttl = from.duration_since(now).unwrap_or_default();
+        fetched.capped_at = fetched.capped_at.map(|c| c.min(from));
     }
     fetched
 }
 
 /// What the API server answers for a token bound to an object that is `gone` or past its
-/// deletion leeway (`pkg/serviceaccount/claims.go`; a Secret stands for a legacy token,
-/// `legacy.go`), for the service account `username`.
-fn revoked_error(dependency: &str, gone: bool, username: &str) -> String {
+/// deletion leeway (`pkg/serviceaccount/claims.go`, and `legacy.go` for a `legacy`
+/// token), for the service account `username`.
+fn revoked_error(dependency: &str, gone: bool, username: &str, legacy: bool) -> String {
     let account = username.strip_prefix("system:serviceaccount:");
     let reason = match account.and_then(|a| a.split_once(':')) {
-        _ if dependency.starts_with("secret:") => "Token has been invalidated".to_owned(),
+        _ if legacy && dependency.starts_with("secret:") => "Token has been invalidated".to_owned(),
         Some((_, name)) if dependency.starts_with("serviceaccount:") && gone => {
             format!("serviceaccounts \"{name}\" not found")
+        }
+        Some((ns, name)) if dependency.starts_with("serviceaccount:") && legacy => {
+            format!("ServiceAccount {ns}/{name} has been deleted")
         }
         Some((ns, name)) if dependency.starts_with("serviceaccount:") => {
             format!("service account {ns}/{name} has been deleted")
@@ -791,7 +815,9 @@ fn dependencies(verdict: &Verdict, e: &Expectation) -> Vec<String> {
     if let Some(pods) = user.extra().get("authentication.kubernetes.io/pod-uid") {
         out.extend(pods.map(|uid| format!("pod:{uid}")));
     }
-    if let Some((t, _)) = e.token.as_ref().filter(|_| e.legacy)
+    // A legacy token's Secret, or the Secret a projected token is bound to (the answer
+    // does not name it: the claims do).
+    if let Some((t, _)) = e.token.as_ref()
         && let Some(secret) = &t.claims.secret
     {
         out.push(format!("secret:{}/{}", t.claims.namespace, secret.name));
@@ -906,26 +932,26 @@ mod tests {
             max_ttl: Duration::from_secs(120),
         });
         let now = at(NOW);
-        assert_eq!(
-            hold_to_revocations(&cache, bound_yes(now), now)
-                .ttl
-                .as_secs(),
-            600
-        );
+        let hold = |legacy: bool, now: SystemTime| {
+            hold_to_revocations(&cache, bound_yes(now), legacy, now)
+        };
+        assert_eq!(hold(false, now).ttl.as_secs(), 600);
 
-        // Being deleted, valid for 90 s more: still a yes, kept no longer than that.
+        // Being deleted since 30 s ago: valid 30 s more, and kept no longer; a legacy
+        // token, not at all.
         let terminating = Revoked {
-            from: now + Duration::from_secs(90),
-            gone: false,
+            deleting_since: Some(now - Duration::from_secs(30)),
+            ..Revoked::default()
         };
         assert!(cache.remember_revoked("pod:p", terminating, now));
-        let held = hold_to_revocations(&cache, bound_yes(now), now);
+        let held = hold(false, now);
         assert!(held.verdict.authenticated);
-        assert_eq!(held.expires_at, now + Duration::from_secs(90));
-        assert_eq!(held.ttl, Duration::from_secs(90));
+        assert_eq!(held.expires_at, now + Duration::from_secs(30));
+        assert_eq!(held.ttl, Duration::from_secs(30));
+        assert!(!hold(true, now).verdict.authenticated);
         // Past that point the yes is the API server's no, and not kept.
-        let later = now + Duration::from_secs(90);
-        let held = hold_to_revocations(&cache, bound_yes(later), later);
+        let later = now + Duration::from_secs(30);
+        let held = hold(false, later);
         assert!(!held.verdict.authenticated);
         assert_eq!(held.ttl, Duration::ZERO);
         assert_eq!(
@@ -935,21 +961,19 @@ mod tests {
 
         // The service account gone: its own words, whichever came first wins.
         let gone = Revoked {
-            from: now,
-            gone: true,
+            gone_at: Some(now),
+            ..Revoked::default()
         };
         assert!(cache.remember_revoked("serviceaccount:s", gone, now));
-        let held = hold_to_revocations(&cache, bound_yes(now), now);
         assert_eq!(
-            held.verdict.error,
+            hold(false, now).verdict.error,
             r#"[invalid bearer token, serviceaccounts "web" not found]"#
         );
-        // A later report of the same object moves nothing; after REMEMBER_REVOKED it is
-        // forgotten.
-        assert!(!cache.remember_revoked("serviceaccount:s", terminating, now));
-        let much_later = now + REMEMBER_REVOKED + Duration::from_secs(91);
+        // Nothing new: nothing to evict; after REMEMBER_REVOKED it is forgotten.
+        assert!(!cache.remember_revoked("serviceaccount:s", gone, now));
+        let much_later = now + REMEMBER_REVOKED + Duration::from_secs(1);
         assert!(cache.remember_revoked("pod:other", gone, much_later));
-        assert!(cache.revoked(&s(&["serviceaccount:s", "pod:p"])).is_none());
+        assert!(cache.revoked(&s(&["serviceaccount:s", "pod:p"])).is_empty());
     }
 
     #[test]

@@ -41,10 +41,6 @@ use crate::metrics::Metrics;
 /// until it has re-listed.
 pub const STALE_AFTER: Duration = Duration::from_secs(30);
 
-/// How long after its `deletionTimestamp` an object being deleted still vouches for its
-/// tokens at the API server (`jwt.DefaultLeeway`).
-pub const DELETION_LEEWAY: Duration = Duration::from_secs(60);
-
 /// The watched resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Watched {
@@ -186,24 +182,24 @@ impl Watch {
     /// `dependency` is gone: its verdicts go now, and a "yes" for it is not believed.
     fn gone(&self, dependency: &str, why: &str) {
         let now = SystemTime::now();
-        let revoked = Revoked {
-            from: now,
-            gone: true,
+        let seen = Revoked {
+            gone_at: Some(now),
+            ..Revoked::default()
         };
-        self.cache.remember_revoked(dependency, revoked, now);
+        self.cache.remember_revoked(dependency, seen, now);
         self.revoke(dependency, why);
     }
 
     /// `dependency` is being deleted since `deletion`. Its verdicts go now, so that the
-    /// next review asks again and is kept no longer than `leeway` after `deletion`, and
-    /// none is believed past it.
-    fn being_deleted(&self, dependency: &str, deletion: SystemTime, leeway: Duration) {
+    /// next review asks again and is held to the API server's rule for its token (valid
+    /// a while longer, or not at all).
+    fn being_deleted(&self, dependency: &str, deletion: SystemTime) {
         let now = SystemTime::now();
-        let revoked = Revoked {
-            from: deletion + leeway,
-            gone: false,
+        let seen = Revoked {
+            deleting_since: Some(deletion),
+            ..Revoked::default()
         };
-        if self.cache.remember_revoked(dependency, revoked, now) {
+        if self.cache.remember_revoked(dependency, seen, now) {
             self.revoke(dependency, "being deleted");
         }
     }
@@ -263,7 +259,7 @@ impl Watch {
                 Ok(Event::Init) => listed.clear(),
                 Ok(Event::InitApply(object)) => {
                     if let Some(d) = which.dependency(&object) {
-                        self.deleting(which, &object, &d);
+                        self.deleting(&object, &d);
                         listed.insert(d);
                     }
                 }
@@ -287,7 +283,7 @@ impl Watch {
                 }
                 Ok(Event::Apply(object)) => {
                     if let Some(d) = which.dependency(&object) {
-                        self.deleting(which, &object, &d);
+                        self.deleting(&object, &d);
                     }
                     self.seen(which);
                 }
@@ -318,21 +314,10 @@ impl Watch {
         }
     }
 
-    /// Follows the `deletionTimestamp` of `object`, one of `which`, if it has one.
-    fn deleting<K: Resource>(
-        &self,
-        which: Watched,
-        object: &PartialObjectMeta<K>,
-        dependency: &str,
-    ) {
-        // A Secret stands only for a legacy token, which the API server refuses as soon
-        // as its Secret is being deleted (`pkg/serviceaccount/legacy.go`): no leeway.
-        let leeway = match which {
-            Watched::Secrets => Duration::ZERO,
-            Watched::Pods | Watched::ServiceAccounts => DELETION_LEEWAY,
-        };
+    /// Follows `object`'s `deletionTimestamp`, if it has one.
+    fn deleting<K: Resource>(&self, object: &PartialObjectMeta<K>, dependency: &str) {
         if let Some(time) = &object.metadata.deletion_timestamp {
-            self.being_deleted(dependency, SystemTime::from(time.0), leeway);
+            self.being_deleted(dependency, SystemTime::from(time.0));
         }
     }
 

@@ -304,14 +304,29 @@ impl ControlPlane {
         pod: Option<(&str, &str)>,
         seconds: i64,
     ) -> String {
+        let bound = pod.map(|(name, uid)| ("Pod", name, uid));
+        self.token_bound_to(ns, account, audiences, bound, seconds)
+            .await
+    }
+
+    /// [`ControlPlane::token`], bound to an object of any kind (`Pod`, `Secret`) as
+    /// (kind, name, uid).
+    pub async fn token_bound_to(
+        &self,
+        ns: &str,
+        account: &str,
+        audiences: &[&str],
+        bound: Option<(&str, &str, &str)>,
+        seconds: i64,
+    ) -> String {
         let accounts: Api<ServiceAccount> = Api::namespaced(self.admin().await, ns);
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 audiences: audiences.iter().map(|a| a.to_string()).collect(),
                 expiration_seconds: Some(seconds),
-                bound_object_ref: pod.map(|(name, uid)| {
+                bound_object_ref: bound.map(|(kind, name, uid)| {
                     serde_json::from_value(
-                        json!({"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}),
+                        json!({"apiVersion": "v1", "kind": kind, "name": name, "uid": uid}),
                     )
                     .unwrap()
                 }),
