@@ -215,8 +215,11 @@ pub fn answer(api_version: &str, spec: &ReviewSpec<'_>, v: &Verdict) -> Vec<u8> 
         fields.next(&mut out, "audiences");
         strings(&mut out, v.audiences.iter().map(String::as_str));
     }
-    fields.next(&mut out, "authenticated");
-    out.extend_from_slice(if v.authenticated { b"true" } else { b"false" });
+    // Go's `omitempty`: the API server writes `authenticated` only when it is true.
+    if v.authenticated {
+        fields.next(&mut out, "authenticated");
+        out.extend_from_slice(b"true");
+    }
     if !v.error.is_empty() {
         fields.next(&mut out, "error");
         string(&mut out, &v.error);
@@ -371,6 +374,7 @@ mod tests {
         struct Status<'a> {
             #[serde(skip_serializing_if = "<[String]>::is_empty")]
             audiences: &'a [String],
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
             authenticated: bool,
             #[serde(skip_serializing_if = "str::is_empty")]
             error: &'a str,

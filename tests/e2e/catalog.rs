@@ -33,7 +33,7 @@ enum Input {
 /// What the gate must answer.
 #[derive(Clone)]
 enum Expect {
-    /// 201, `authenticated: false`, `status.error` contains the text; the API server is
+    /// 201, not authenticated, `status.error` is exactly the text; the API server is
     /// not asked.
     Rejected(String),
     /// The token goes to the API server (once), which refuses it; the text says why the
@@ -1622,7 +1622,7 @@ fn check(expect: &Expect, answer: &Answer, json: &Value, text: &str, calls: u64)
             asked(0)
         }
         Expect::Forwarded(_why) => {
-            if answer.status != 201 || json["status"]["authenticated"] != Value::Bool(false) {
+            if answer.status != 201 || !json["status"].is_object() {
                 return Some(format!(
                     "expected a 201 TokenReview refused upstream, got {} {}",
                     answer.status,

@@ -329,11 +329,14 @@ impl TestGate {
     }
 }
 
-/// `status.authenticated` of a TokenReview answer.
+/// `status.authenticated` of a TokenReview answer (absent when false, as the API server
+/// writes it); the answer must have a `status`.
 pub fn authenticated(review: &Value) -> bool {
-    review["status"]["authenticated"]
-        .as_bool()
-        .expect("status.authenticated is present")
+    let status = review["status"].as_object().expect("status is present");
+    match status.get("authenticated") {
+        None => false,
+        Some(v) => v.as_bool().expect("status.authenticated is a bool"),
+    }
 }
 
 /// `status.error` of a TokenReview answer ("" when absent).

@@ -210,9 +210,14 @@ impl ControlPlane {
     /// Runs the built kubectl with the admin kubeconfig; its stdout, or a panic with both
     /// outputs.
     pub async fn kubectl(&self, args: &[&str]) -> String {
+        self.kubectl_with(&self.kubeconfig(), args).await
+    }
+
+    /// Runs the built kubectl with `kubeconfig`.
+    pub async fn kubectl_with(&self, kubeconfig: &Path, args: &[&str]) -> String {
         let out = tokio::process::Command::new(self.bin.join("kubectl"))
             .arg("--kubeconfig")
-            .arg(self.kubeconfig())
+            .arg(kubeconfig)
             .args(args)
             .output()
             .await

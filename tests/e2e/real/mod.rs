@@ -2,6 +2,7 @@
 //! modules, on loopback (`control_plane`), and tokengate in front of it with `deploy/`'s
 //! own RBAC, its reviewer credential a token from the API server's TokenRequest.
 
+mod clients;
 pub mod control_plane;
 mod deploy;
 mod differential;
@@ -53,8 +54,11 @@ pub struct RealGate {
     pub state: Arc<tokengate::AppState>,
     /// The reviewer's token: the gate's upstream credential, and the caller of reviews.
     pub reviewer_token: String,
+    /// The CA of the gate's serving certificate, when it serves HTTPS.
+    pub gate_ca: Option<String>,
     client: HttpClient,
     _dir: tempfile::TempDir,
+    _certs: Option<tempfile::TempDir>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -114,8 +118,10 @@ review_callers = ["{REVIEWER}"]
         url: format!("http://{addr}"),
         state,
         reviewer_token,
+        gate_ca: None,
         client: client_trusting(&plane.ca_pem),
         _dir: dir,
+        _certs: None,
         _stop: stop,
     }
 }
@@ -124,6 +130,26 @@ review_callers = ["{REVIEWER}"]
 /// and the signature keys are loaded.
 pub async fn real_gate(env: &[(&str, &str)]) -> RealGate {
     ready(start_gate(env).await).await
+}
+
+/// [`real_gate`] serving HTTPS, with a certificate for 127.0.0.1 from a CA of its own
+/// ([`RealGate::gate_ca`]): clients built on client-go send no bearer token over HTTP.
+pub async fn real_https_gate(env: &[(&str, &str)]) -> RealGate {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = crate::support::serving_certificate(certs.path());
+    let cert = certs.path().join("gate.crt").display().to_string();
+    let key = certs.path().join("gate.key").display().to_string();
+    let mut env = env.to_vec();
+    env.extend([
+        ("TOKENGATE_TLS_CERT_FILE", cert.as_str()),
+        ("TOKENGATE_TLS_KEY_FILE", key.as_str()),
+    ]);
+    let mut gate = start_gate(&env).await;
+    gate.url = gate.url.replace("http://", "https://");
+    gate.client = client_trusting(&format!("{}{ca}", gate.plane.ca_pem));
+    gate.gate_ca = Some(ca);
+    gate._certs = Some(certs);
+    ready(gate).await
 }
 
 /// Waits (bounded) until `gate` is ready, and, when it watches for revocations, until
@@ -154,12 +180,26 @@ impl RealGate {
             }
         };
         let _ = tokio::time::timeout(limit, ready).await;
-        crate::support::get(&format!("{}/readyz", self.url)).await
+        self.get("/readyz").await
+    }
+
+    /// GETs `path` of the gate: the status and the body.
+    async fn get(&self, path: &str) -> (StatusCode, String) {
+        let request = http::Request::get(format!("{}{path}", self.url))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = self.client.request(request).await.unwrap();
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     /// The value of one series of the gate's `/metrics` (`name{labels}`), 0 when absent.
     pub async fn metric(&self, series: &str) -> u64 {
-        let (_, text) = crate::support::get(&format!("{}/metrics", self.url)).await;
+        let (_, text) = self.get("/metrics").await;
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or(0)
