@@ -12,9 +12,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt as _, Full};
+use http::{HeaderMap, StatusCode};
 use tokio::process::{Child, Command};
 
 use crate::support::*;
@@ -99,21 +97,7 @@ impl Caddy {
         bearer: Option<&str>,
         headers: &[(&str, &str)],
     ) -> (StatusCode, HeaderMap, String) {
-        let mut request = Request::get(format!("{}{path}", self.url));
-        if let Some(token) = bearer {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = plain_client()
-            .request(request.body(Full::new(Bytes::new())).unwrap())
-            .await
-            .expect("caddy answers");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, headers, String::from_utf8_lossy(&body).into_owned())
+        get_through(&format!("{}{path}", self.url), bearer, headers).await
     }
 
     fn log(&self) -> String {

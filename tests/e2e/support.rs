@@ -514,6 +514,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A plain-HTTP GET of `url` as a client of a proxy sends it: an optional bearer token
+/// and extra headers; the status, headers and body text.
+pub async fn get_through(
+    url: &str,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut request = Request::get(url);
+    if let Some(token) = bearer {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client(None)
+        .request(request.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .expect("the proxy answers");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// A backend for the ingress proxies' tests, on a loopback port of its own (returned as
 /// `host:port`): it answers `GET /fails` with `500 backend failed`, and anything else with
 /// `backend uri=<the request's URI>` and then every `X-Remote-*` header it received, one
