@@ -14,7 +14,7 @@ mod ingress;
 mod lifecycle;
 mod nginx;
 mod observability;
-mod openbao;
+pub(crate) mod openbao;
 mod real;
 mod revocation;
 mod signatures;

@@ -24,7 +24,7 @@ use crate::support::*;
 const ROOT_TOKEN: &str = "tokengate-test-root";
 
 /// A `bao server -dev` on a free loopback port, killed when dropped.
-struct Bao {
+pub(crate) struct Bao {
     addr: String,
     home: PathBuf,
     log: PathBuf,
@@ -34,7 +34,7 @@ struct Bao {
 impl Bao {
     /// Starts the dev server (in-memory, unsealed, `ROOT_TOKEN`), logging at debug into
     /// `dir/bao.log`, and waits (bounded) until `/v1/sys/health` answers 200.
-    async fn start(dir: &Path) -> Bao {
+    pub(crate) async fn start(dir: &Path) -> Bao {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = dir.join("bao.log");
         let out = std::fs::File::create(&log).unwrap();
@@ -103,7 +103,7 @@ impl Bao {
 
     /// `bao write auth/kubernetes/login role=… jwt=…`: the auth block on success, the
     /// CLI's error text otherwise.
-    async fn login(&self, role: &str, jwt: &str) -> Result<Value, String> {
+    pub(crate) async fn login(&self, role: &str, jwt: &str) -> Result<Value, String> {
         let role = format!("role={role}");
         let jwt = format!("jwt={jwt}");
         let args = [
@@ -123,38 +123,44 @@ impl Bao {
     }
 
     /// The server's log so far.
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Enables kubernetes auth with the README's lines: `host` (trusting the PEM in
+    /// `ca`) reviews with `reviewer`; role `web` for `NS/web` and audience `vault`.
+    pub(crate) async fn kubernetes_auth(&self, host: &str, ca: &Path, reviewer: &str, ns: &str) {
+        self.must(&["auth", "enable", "kubernetes"]).await;
+        self.must(&[
+            "write",
+            "auth/kubernetes/config",
+            &format!("kubernetes_host={host}"),
+            &format!("kubernetes_ca_cert=@{}", ca.display()),
+            &format!("token_reviewer_jwt={reviewer}"),
+            "disable_local_ca_jwt=true",
+        ])
+        .await;
+        self.must(&[
+            "write",
+            "auth/kubernetes/role/web",
+            "bound_service_account_names=web",
+            &format!("bound_service_account_namespaces={ns}"),
+            "audience=vault",
+            "token_policies=default",
+            "token_ttl=1h",
+        ])
+        .await;
     }
 }
 
-/// An HTTPS gate, and OpenBao's kubernetes auth pointed at it with the README's lines:
-/// role `web` for `apps/web` and audience `vault`.
+/// An HTTPS gate, and OpenBao's kubernetes auth pointed at it (role `web` for `apps/web`).
 async fn gate_and_bao(env: &[(&str, &str)]) -> (TestGate, Bao) {
     let gate = spawn_https_gate(env).await;
     let bao = Bao::start(gate.files()).await;
     let ca = gate.files().join("gate-ca.pem");
     std::fs::write(&ca, gate.gate_ca.as_deref().unwrap()).unwrap();
-    bao.must(&["auth", "enable", "kubernetes"]).await;
-    bao.must(&[
-        "write",
-        "auth/kubernetes/config",
-        &format!("kubernetes_host={}", gate.url),
-        &format!("kubernetes_ca_cert=@{}", ca.display()),
-        &format!("token_reviewer_jwt={}", gate.sim.reviewer_token()),
-        "disable_local_ca_jwt=true",
-    ])
-    .await;
-    bao.must(&[
-        "write",
-        "auth/kubernetes/role/web",
-        "bound_service_account_names=web",
-        "bound_service_account_namespaces=apps",
-        "audience=vault",
-        "token_policies=default",
-        "token_ttl=1h",
-    ])
-    .await;
+    bao.kubernetes_auth(&gate.url, &ca, &gate.sim.reviewer_token(), "apps")
+        .await;
     (gate, bao)
 }
 

@@ -79,3 +79,78 @@ async fn kubectl_create_raw_gets_the_same_answer_from_tokengate_as_from_the_api_
         );
     }
 }
+
+/// `bao write auth/kubernetes/login` through tokengate and straight at the API server, the
+/// same role on both: the same logins succeed and fail, and repeated logins with one token
+/// cost the API server one TokenReview through tokengate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openbao_logs_in_through_tokengate_as_against_the_api_server() {
+    use crate::openbao::Bao;
+    let gate = real_https_gate(&[]).await;
+    let plane = gate.plane;
+    plane.service_account("openbao", "web").await;
+    let pod = plane.pod("openbao", "web-0", "web").await;
+    let web = plane
+        .token("openbao", "web", &["vault"], Some(("web-0", &pod)), 3600)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (gate_dir, direct_dir) = (dir.path().join("gate"), dir.path().join("direct"));
+    std::fs::create_dir_all(&gate_dir).unwrap();
+    std::fs::create_dir_all(&direct_dir).unwrap();
+    let gate_ca = dir.path().join("gate-ca.pem");
+    std::fs::write(&gate_ca, gate.gate_ca.as_deref().unwrap()).unwrap();
+    let cluster_ca = dir.path().join("cluster-ca.pem");
+    std::fs::write(&cluster_ca, &plane.ca_pem).unwrap();
+    let through_gate = Bao::start(&gate_dir).await;
+    through_gate
+        .kubernetes_auth(&gate.url, &gate_ca, &gate.reviewer_token, "openbao")
+        .await;
+    let direct = Bao::start(&direct_dir).await;
+    direct
+        .kubernetes_auth(&plane.url, &cluster_ca, &gate.reviewer_token, "openbao")
+        .await;
+
+    // The reviewer's own token is authenticated once, on the gate's first review.
+    gate.review("not-a-jwt", &["vault"]).await;
+    let before = gate.upstream_reviews().await;
+    for _ in 0..3 {
+        let ours = through_gate
+            .login("web", &web)
+            .await
+            .expect("web logs in through tokengate");
+        let theirs = direct
+            .login("web", &web)
+            .await
+            .expect("web logs in at the API server");
+        for field in [
+            "service_account_name",
+            "service_account_namespace",
+            "service_account_uid",
+            "role",
+        ] {
+            assert_eq!(
+                ours["metadata"][field], theirs["metadata"][field],
+                "{field}"
+            );
+        }
+    }
+    assert_eq!(
+        gate.upstream_reviews().await - before,
+        1,
+        "three logins with one token are one TokenReview at the API server"
+    );
+
+    // A token whose pod is gone: both refuse (OpenBao says only "permission denied").
+    let other = plane.pod("openbao", "web-1", "web").await;
+    let orphan = plane
+        .token("openbao", "web", &["vault"], Some(("web-1", &other)), 3600)
+        .await;
+    plane.delete_pod("openbao", "web-1").await;
+    for bao in [&through_gate, &direct] {
+        let err = bao
+            .login("web", &orphan)
+            .await
+            .expect_err("a token of a deleted pod is refused");
+        assert!(err.contains("Code: 403"), "{err}");
+    }
+}
