@@ -154,3 +154,74 @@ async fn openbao_logs_in_through_tokengate_as_against_the_api_server() {
         assert!(err.contains("Code: 403"), "{err}");
     }
 }
+
+/// The API server's own webhook token authenticator (`tests/kube/cmd/webhook-client`, on
+/// `k8s.io/apiserver`'s `token/webhook`), pointed at tokengate in both TokenReview
+/// versions and at the API server: the same tokens get the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_servers_webhook_authenticator_gets_the_same_answers_through_tokengate() {
+    let gate = real_https_gate(&[]).await;
+    let plane = gate.plane;
+    plane.service_account("webhook", "web").await;
+    let pod = plane.pod("webhook", "web-0", "web").await;
+    let valid = plane
+        .token("webhook", "web", &["vault"], Some(("web-0", &pod)), 3600)
+        .await;
+    let other = plane.token("webhook", "web", &["other"], None, 3600).await;
+    let tokens = format!("{valid}\n{other}\nnot-a-jwt\n");
+    let dir = tempfile::tempdir().unwrap();
+    let run = async |config: &std::path::Path, version: &str| -> Vec<Value> {
+        let mut child = tokio::process::Command::new(plane.bin.join("webhook-client"))
+            .arg("--kubeconfig")
+            .arg(config)
+            .args(["--version", version, "--audiences", "vault"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("scripts/kube-apiserver builds webhook-client");
+        use tokio::io::AsyncWriteExt as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(tokens.as_bytes()).await.unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "webhook-client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        lines
+    };
+    // The API server serves TokenReview in v1 only (v1beta1 went in 1.22).
+    let path = |version: &str| format!("/apis/authentication.k8s.io/{version}/tokenreviews");
+    let direct = kubeconfig(
+        dir.path(),
+        "direct",
+        &format!("{}{}", plane.url, path("v1")),
+        &plane.ca_pem,
+        &gate.reviewer_token,
+    );
+    let expected = run(&direct, "v1").await;
+    assert_eq!(expected[0]["authenticated"], true, "{expected:?}");
+    assert_eq!(expected[0]["username"], "system:serviceaccount:webhook:web");
+    for version in ["v1", "v1beta1"] {
+        let through_gate = kubeconfig(
+            dir.path(),
+            &format!("gate-{version}"),
+            &format!("{}{}", gate.url, path(version)),
+            gate.gate_ca.as_deref().unwrap(),
+            &gate.reviewer_token,
+        );
+        let answers = run(&through_gate, version).await;
+        assert_eq!(
+            answers, expected,
+            "{version} through tokengate, v1 at the API server"
+        );
+    }
+}
