@@ -234,3 +234,55 @@ impl RealGate {
         .await
     }
 }
+
+/// A TCP proxy to `target` on a loopback port of its own, for cutting the gate off from
+/// the API server as a network blip would: [`Proxy::pause`] closes every connection
+/// through it and refuses new ones until [`Proxy::resume`]. TLS passes through it
+/// untouched (the serving certificate is for 127.0.0.1, as the proxy is).
+pub struct Proxy {
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    paused: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    /// Starts forwarding to `target` (`host:port`).
+    pub async fn start(target: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let (paused, _) = tokio::sync::watch::channel(false);
+        let watch = paused.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut paused = watch.subscribe();
+                if *paused.borrow() {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = paused.wait_for(|p| *p) => {}
+                    }
+                });
+            }
+        });
+        Proxy { url, paused }
+    }
+
+    /// Closes every connection and refuses new ones.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Lets connections through again.
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+}

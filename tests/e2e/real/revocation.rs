@@ -258,3 +258,31 @@ async fn a_token_bound_to_a_deleted_secret_is_refused_with_the_secret_watch_on()
         "the API server still says yes from its cache"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_while_the_watch_is_cut_off_is_found_when_it_comes_back() {
+    let plane = control_plane().await;
+    let proxy = Proxy::start(plane.url.trim_start_matches("https://").to_owned()).await;
+    let gate = real_gate(&[WATCH[0], ("TOKENGATE_UPSTREAM_URL", &proxy.url)]).await;
+    plane.service_account("revoke-cut", "web").await;
+    let pod = plane.pod("revoke-cut", "web-0", "web").await;
+    let token = plane
+        .token("revoke-cut", "web", &["vault"], Some(("web-0", &pod)), 3600)
+        .await;
+    assert!(authenticated(&gate.review(&token, &["vault"]).await.1));
+
+    proxy.pause();
+    plane.delete_pod("revoke-cut", "web-0").await;
+    proxy.resume();
+    let back = Instant::now();
+    eventually(
+        Duration::from_secs(15),
+        "the gate refuses the token",
+        async || !authenticated(&gate.review(&token, &["vault"]).await.1),
+    )
+    .await;
+    println!(
+        "watch cut off during the deletion: tokengate said no {} ms after the connection came back",
+        back.elapsed().as_millis()
+    );
+}
