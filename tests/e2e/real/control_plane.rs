@@ -39,6 +39,8 @@ pub struct ControlPlane {
     pub ca_pem: String,
     /// The directory of the built binaries (kube-apiserver, kubectl, etcd).
     pub bin: PathBuf,
+    /// Whether `deploy/`'s RBAC has been applied (see `real::deploy_rbac`).
+    pub rbac: OnceCell<()>,
     /// The script holding both servers; its standard input is their lifeline.
     _lifeline: Mutex<Child>,
 }
@@ -47,7 +49,13 @@ static CONTROL_PLANE: OnceCell<ControlPlane> = OnceCell::const_new();
 
 /// The shared control plane, started on first use.
 pub async fn control_plane() -> &'static ControlPlane {
-    CONTROL_PLANE.get_or_init(start).await
+    CONTROL_PLANE.get_or_init(|| start(&[])).await
+}
+
+/// A control plane of its own, with `flags` added to kube-apiserver's, for a test that
+/// needs the API server otherwise than the others do. It runs until the test binary exits.
+pub async fn own_control_plane(flags: &[&str]) -> &'static ControlPlane {
+    Box::leak(Box::new(start(flags).await))
 }
 
 /// Where the binaries are: `TEST_KUBE_BIN` (set by `scripts/test`), or what
@@ -68,7 +76,7 @@ fn binaries() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-async fn start() -> ControlPlane {
+async fn start(flags: &[&str]) -> ControlPlane {
     let bin = binaries();
     let dir = tempfile::Builder::new()
         .prefix("tokengate-kube-")
@@ -83,6 +91,7 @@ async fn start() -> ControlPlane {
         .arg(&dir)
         .args([free_port(), free_port(), api_port].map(|p| p.to_string()))
         .env("TEST_KUBE_BIN", &bin)
+        .env("KUBE_APISERVER_FLAGS", flags.join(" "))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -92,6 +101,7 @@ async fn start() -> ControlPlane {
         dir,
         ca_pem,
         bin,
+        rbac: OnceCell::new(),
         _lifeline: Mutex::new(lifeline),
     };
     plane.write_kubeconfig();
@@ -278,6 +288,31 @@ impl ControlPlane {
             .await
             .unwrap_or_else(|e| panic!("creating pod {ns}/{pod}: {e}"));
         created.metadata.uid.unwrap()
+    }
+
+    /// The resourceVersion of the pods in `ns` now (a list's).
+    pub async fn pods_resource_version(&self, ns: &str) -> String {
+        let pods: Api<Pod> = Api::namespaced(self.admin().await, ns);
+        let list = pods.list_metadata(&Default::default()).await.unwrap();
+        list.metadata.resource_version.unwrap()
+    }
+
+    /// Whether a watch of the pods in `ns` from `resource_version` is told `410 Gone`:
+    /// etcd has compacted that version away.
+    pub async fn pods_watch_is_gone(&self, ns: &str, resource_version: &str) -> bool {
+        use futures::StreamExt as _;
+        let pods: Api<Pod> = Api::namespaced(self.admin().await, ns);
+        let params = kube::api::WatchParams::default().timeout(1);
+        let Ok(stream) = pods.watch(&params, resource_version).await else {
+            return false;
+        };
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Ok(kube::api::WatchEvent::Error(e)) = event {
+                return e.code == 410;
+            }
+        }
+        false
     }
 
     /// The `deletionTimestamp` of pod `ns/pod` (it must have one).

@@ -15,20 +15,18 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
 
-pub use control_plane::{ControlPlane, ISSUER, control_plane};
+pub use control_plane::{ControlPlane, ISSUER, control_plane, own_control_plane};
 
 use crate::support::{HttpClient, client_trusting, eventually, post_with};
 
 /// The reviewer: `deploy/`'s service account, bound by `deploy/`'s own RBAC files.
 pub const REVIEWER: &str = "system:serviceaccount:tokengate:tokengate";
 
-static DEPLOYED: OnceCell<()> = OnceCell::const_new();
-
 /// Applies `deploy/`'s namespace, service account and RBAC to the control plane, once.
 async fn deploy_rbac(plane: &ControlPlane) {
-    DEPLOYED
+    plane
+        .rbac
         .get_or_init(|| async {
             let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
             let mut args = vec!["apply"];
@@ -73,7 +71,15 @@ pub async fn start_gate_with_clock(
     env: &[(&str, &str)],
     clock: Arc<dyn tokengate::review::Clock>,
 ) -> RealGate {
-    let plane = control_plane().await;
+    start_gate_on(control_plane().await, env, clock).await
+}
+
+/// [`start_gate_with_clock`] in front of `plane`.
+pub async fn start_gate_on(
+    plane: &'static ControlPlane,
+    env: &[(&str, &str)],
+    clock: Arc<dyn tokengate::review::Clock>,
+) -> RealGate {
     deploy_rbac(plane).await;
     let dir = tempfile::tempdir().unwrap();
     let reviewer_token = plane

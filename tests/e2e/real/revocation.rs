@@ -286,3 +286,48 @@ async fn a_deletion_while_the_watch_is_cut_off_is_found_when_it_comes_back() {
         back.elapsed().as_millis()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_hidden_by_a_410_gone_is_found_at_the_re_list() {
+    // A control plane of its own: no watch cache, and etcd compacted every second, so a
+    // watch that was away is told 410 Gone and must list again.
+    let plane = own_control_plane(&["--watch-cache=false", "--etcd-compaction-interval=1s"]).await;
+    let proxy = Proxy::start(plane.url.trim_start_matches("https://").to_owned()).await;
+    let env = [WATCH[0], ("TOKENGATE_UPSTREAM_URL", proxy.url.as_str())];
+    let clock = Arc::new(tokengate::review::SystemClock);
+    let gate = ready(start_gate_on(plane, &env, clock).await).await;
+    plane.service_account("revoke-gone", "web").await;
+    let pod = plane.pod("revoke-gone", "web-0", "web").await;
+    let token = plane
+        .token(
+            "revoke-gone",
+            "web",
+            &["vault"],
+            Some(("web-0", &pod)),
+            3600,
+        )
+        .await;
+    assert!(authenticated(&gate.review(&token, &["vault"]).await.1));
+
+    proxy.pause();
+    let before = plane.pods_resource_version("revoke-gone").await;
+    plane.delete_pod("revoke-gone", "web-0").await;
+    eventually(
+        Duration::from_secs(30),
+        "etcd compacts the watch's version away",
+        async || plane.pods_watch_is_gone("revoke-gone", &before).await,
+    )
+    .await;
+    proxy.resume();
+    let back = Instant::now();
+    eventually(
+        Duration::from_secs(15),
+        "the gate refuses the token",
+        async || !authenticated(&gate.review(&token, &["vault"]).await.1),
+    )
+    .await;
+    println!(
+        "410 Gone after the deletion: tokengate said no {} ms after the connection came back",
+        back.elapsed().as_millis()
+    );
+}
