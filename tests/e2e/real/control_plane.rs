@@ -6,6 +6,9 @@
 //! under `scripts/kube-apiserver run`, whose standard input is a pipe from this process:
 //! when the test binary exits, however it exits, the pipe closes and the script stops both
 //! by PID and removes their files.
+//!
+//! Self-contained (it needs nothing else of the test crate), so that `benches/real.rs`
+//! runs the same control plane.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,7 +22,6 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use crate::support::free_port;
 
 /// The issuer and the API audience the API server runs with (`--service-account-issuer`,
 /// `--api-audiences`), as a cluster made by kubeadm has them.
@@ -46,6 +48,15 @@ pub struct ControlPlane {
 }
 
 static CONTROL_PLANE: OnceCell<ControlPlane> = OnceCell::const_new();
+
+/// A loopback port nothing listens on right now, for a server to bind a moment later.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 /// The shared control plane, started on first use.
 pub async fn control_plane() -> &'static ControlPlane {
@@ -163,6 +174,32 @@ fn write_pki(dir: &Path) -> String {
 }
 
 impl ControlPlane {
+    /// tokengate's configuration in front of this API server with the README's settings:
+    /// its CA, the reviewer token in `token_file`, audience `vault`, the reviewer as the
+    /// one allowed caller.
+    pub fn gate_config(&self, token_file: &Path, reviewer: &str) -> String {
+        format!(
+            r#"listen = "127.0.0.1:0"
+shutdown_delay = "0s"
+
+[upstream]
+url = "{url}"
+ca_file = "{ca}"
+token_file = "{token}"
+
+[policy]
+audiences = ["vault"]
+issuers = ["{ISSUER}"]
+
+[access]
+review_callers = ["{reviewer}"]
+"#,
+            url = self.url,
+            ca = self.dir.join("ca.crt").display(),
+            token = token_file.display(),
+        )
+    }
+
     /// The admin kubeconfig (client certificate in `system:masters`).
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.join("admin.kubeconfig")
@@ -189,13 +226,13 @@ impl ControlPlane {
     /// Waits, bounded, for `/readyz` to answer 200. Another process's readiness has no
     /// event to await, so this polls.
     async fn await_ready(&self) {
-        let client = crate::support::client_trusting(&self.ca_pem);
+        let client = self.admin().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
-            let request = http::Request::get(format!("{}/readyz", self.url))
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
+            let request = http::Request::get("/readyz")
+                .body(kube::client::Body::empty())
                 .unwrap();
-            if let Ok(response) = client.request(request).await
+            if let Ok(response) = client.send(request).await
                 && response.status() == http::StatusCode::OK
             {
                 return;

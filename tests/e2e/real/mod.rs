@@ -87,26 +87,7 @@ pub async fn start_gate_on(
         .await;
     let token_file = dir.path().join("reviewer.token");
     std::fs::write(&token_file, &reviewer_token).unwrap();
-    let text = format!(
-        r#"listen = "127.0.0.1:0"
-shutdown_delay = "0s"
-
-[upstream]
-url = "{url}"
-ca_file = "{ca}"
-token_file = "{token}"
-
-[policy]
-audiences = ["vault"]
-issuers = ["{ISSUER}"]
-
-[access]
-review_callers = ["{REVIEWER}"]
-"#,
-        url = plane.url,
-        ca = plane.dir.join("ca.crt").display(),
-        token = token_file.display(),
-    );
+    let text = plane.gate_config(&token_file, REVIEWER);
     let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
     let config = tokengate::config::from_str(&text, env).expect("a valid config");
     let gate = tokengate::build_with_clock(&config, clock)
