@@ -14,7 +14,10 @@
 //! of the medians, and the p99s beside them.
 
 #[path = "../tests/e2e/real/control_plane.rs"]
-#[allow(dead_code, reason = "the tests' control plane; the bench uses part of it")]
+#[allow(
+    dead_code,
+    reason = "the tests' control plane; the bench uses part of it"
+)]
 mod control_plane;
 
 use std::sync::Arc;
@@ -31,8 +34,10 @@ const NS: &str = "bench";
 const MAX_ADDED_P50: Duration = Duration::from_micros(200);
 
 fn review_body(token: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                               "spec": {"token": token, "audiences": ["vault"]}}))
+    serde_json::to_vec(
+        &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                               "spec": {"token": token, "audiences": ["vault"]}}),
+    )
     .unwrap()
 }
 
@@ -91,10 +96,8 @@ async fn main() {
     if let Some(keys) = state.reviewer.keys() {
         keys.wait_loaded().await;
     }
-    let client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .build_http::<Full<Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
     let through_gate = async |token: &str| -> Duration {
         let request = http::Request::post(format!("{gate_url}/review"))
             .header("authorization", format!("Bearer {reviewer}"))
@@ -148,7 +151,10 @@ async fn main() {
     }
 
     let rows = [
-        ("miss: the API server's own TokenReview (baseline)", &mut api),
+        (
+            "miss: the API server's own TokenReview (baseline)",
+            &mut api,
+        ),
         ("miss: through tokengate", &mut gated),
         ("cached: the API server (its 10 s cache)", &mut api_cached),
         ("cached: tokengate", &mut gate_cached),
@@ -167,6 +173,10 @@ async fn main() {
         "\nthe miss path adds {} at the median (target: at most {}): {}",
         ms(added),
         ms(MAX_ADDED_P50),
-        if added <= MAX_ADDED_P50 { "PASS" } else { "MISS" }
+        if added <= MAX_ADDED_P50 {
+            "PASS"
+        } else {
+            "MISS"
+        }
     );
 }

@@ -22,7 +22,6 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-
 /// The issuer and the API audience the API server runs with (`--service-account-issuer`,
 /// `--api-audiences`), as a cluster made by kubeadm has them.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";

@@ -18,17 +18,25 @@ fn said_yes(review: &Value) -> bool {
     review["status"]["authenticated"].as_bool().unwrap_or(false)
 }
 
+/// Creates service account `ns/web` and its pod `web-0` on `gate`'s control plane, and a
+/// token bound to the pod that `gate` has accepted (and so cached).
+async fn accepted_pod_token(gate: &RealGate, ns: &str) -> String {
+    let plane = gate.plane;
+    plane.service_account(ns, "web").await;
+    let pod = plane.pod(ns, "web-0", "web").await;
+    let token = plane
+        .token(ns, "web", &["vault"], Some(("web-0", &pod)), 3600)
+        .await;
+    let (_, review) = gate.review(&token, &["vault"]).await;
+    assert!(authenticated(&review), "{review}");
+    token
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_pods_token_is_refused_while_the_api_server_still_says_yes_from_its_cache() {
     let gate = real_gate(&WATCH).await;
     let plane = gate.plane;
-    plane.service_account("revoke-pod", "web").await;
-    let pod = plane.pod("revoke-pod", "web-0", "web").await;
-    let token = plane
-        .token("revoke-pod", "web", &["vault"], Some(("web-0", &pod)), 3600)
-        .await;
-    let (_, review) = gate.review(&token, &["vault"]).await;
-    assert!(authenticated(&review), "{review}");
+    let token = accepted_pod_token(&gate, "revoke-pod").await;
 
     plane.delete_pod("revoke-pod", "web-0").await;
     let deleted = Instant::now();
@@ -264,12 +272,7 @@ async fn a_deletion_while_the_watch_is_cut_off_is_found_when_it_comes_back() {
     let plane = control_plane().await;
     let proxy = Proxy::start(plane.url.trim_start_matches("https://").to_owned()).await;
     let gate = real_gate(&[WATCH[0], ("TOKENGATE_UPSTREAM_URL", &proxy.url)]).await;
-    plane.service_account("revoke-cut", "web").await;
-    let pod = plane.pod("revoke-cut", "web-0", "web").await;
-    let token = plane
-        .token("revoke-cut", "web", &["vault"], Some(("web-0", &pod)), 3600)
-        .await;
-    assert!(authenticated(&gate.review(&token, &["vault"]).await.1));
+    let token = accepted_pod_token(&gate, "revoke-cut").await;
 
     proxy.pause();
     plane.delete_pod("revoke-cut", "web-0").await;
@@ -296,18 +299,7 @@ async fn a_deletion_hidden_by_a_410_gone_is_found_at_the_re_list() {
     let env = [WATCH[0], ("TOKENGATE_UPSTREAM_URL", proxy.url.as_str())];
     let clock = Arc::new(tokengate::review::SystemClock);
     let gate = ready(start_gate_on(plane, &env, clock).await).await;
-    plane.service_account("revoke-gone", "web").await;
-    let pod = plane.pod("revoke-gone", "web-0", "web").await;
-    let token = plane
-        .token(
-            "revoke-gone",
-            "web",
-            &["vault"],
-            Some(("web-0", &pod)),
-            3600,
-        )
-        .await;
-    assert!(authenticated(&gate.review(&token, &["vault"]).await.1));
+    let token = accepted_pod_token(&gate, "revoke-gone").await;
 
     proxy.pause();
     let before = plane.pods_resource_version("revoke-gone").await;
