@@ -486,14 +486,10 @@ fn answer(review: &Value) -> Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokengate_answers_every_token_as_the_real_api_server_does() {
-    let gate = real_gate(&[]).await;
-    let w = world(gate.plane).await;
-    let cases = cases(&w);
-    assert!(cases.len() >= 60, "{} cases", cases.len());
+/// Sends every case to the API server and through `gate`; the differences, described.
+async fn differences(gate: &RealGate, cases: &[Case]) -> Vec<String> {
     let mut differences = Vec::new();
-    for case in &cases {
+    for case in cases {
         let sent: Vec<&str> = case.audiences.clone().unwrap_or(vec!["vault"]);
         let direct = gate.plane.review(&case.token, &sent).await;
         let (status, through) = match &case.audiences {
@@ -514,11 +510,122 @@ async fn tokengate_answers_every_token_as_the_real_api_server_does() {
             ));
         }
     }
+    differences
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokengate_answers_every_token_as_the_real_api_server_does() {
+    let gate = real_gate(&[]).await;
+    let w = world(gate.plane).await;
+    let cases = cases(&w);
+    assert!(cases.len() >= 60, "{} cases", cases.len());
+    let differences = differences(&gate, &cases).await;
     assert!(
         differences.is_empty(),
         "{} of {} cases differ:\n{}",
         differences.len(),
         cases.len(),
         differences.join("\n")
+    );
+}
+
+/// A legacy token of `NS/legacy` stored in Secret `secret`, signed with the API server's
+/// key, with `claims` changed by `change`; the Secret holds the token as the token
+/// controller would have written it (there is no controller here).
+async fn legacy_token(
+    plane: &ControlPlane,
+    secret: &str,
+    uid: &str,
+    change: impl FnOnce(&mut Value),
+) -> String {
+    let mut claims = json!({
+        "iss": "kubernetes/serviceaccount",
+        "kubernetes.io/serviceaccount/namespace": NS,
+        "kubernetes.io/serviceaccount/secret.name": secret,
+        "kubernetes.io/serviceaccount/service-account.name": "legacy",
+        "kubernetes.io/serviceaccount/service-account.uid": uid,
+        "sub": format!("system:serviceaccount:{NS}:legacy"),
+    });
+    change(&mut claims);
+    let token = sign(Algorithm::RS256, &json!({"alg": "RS256"}), &claims);
+    let manifest = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": secret, "namespace": NS,
+                     "annotations": {"kubernetes.io/service-account.name": "legacy",
+                                     "kubernetes.io/service-account.uid": uid}},
+        "stringData": {"token": token},
+    });
+    let (status, answer) = plane
+        .post(&format!("/api/v1/namespaces/{NS}/secrets"), &manifest)
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_tokens_are_answered_as_the_real_api_server_answers_them_when_allowed() {
+    let gate = real_gate(&[("TOKENGATE_POLICY_ALLOW_LEGACY_TOKENS", "true")]).await;
+    let plane = gate.plane;
+    let uid = plane.service_account(NS, "legacy").await;
+    let valid = legacy_token(plane, "legacy-token", &uid, |_| {}).await;
+    let other_sub = legacy_token(plane, "legacy-sub", &uid, |c| {
+        c["sub"] = json!(format!("system:serviceaccount:{NS}:web"));
+    })
+    .await;
+    let deleted = legacy_token(plane, "legacy-gone", &uid, |_| {}).await;
+    plane
+        .kubectl(&["-n", NS, "delete", "secret", "legacy-gone"])
+        .await;
+    let not_stored = sign(
+        Algorithm::RS256,
+        &json!({"alg": "RS256"}),
+        &json!({
+            "iss": "kubernetes/serviceaccount",
+            "kubernetes.io/serviceaccount/namespace": NS,
+            "kubernetes.io/serviceaccount/secret.name": "legacy-token",
+            "kubernetes.io/serviceaccount/service-account.name": "legacy",
+            "kubernetes.io/serviceaccount/service-account.uid": uid,
+            "sub": format!("system:serviceaccount:{NS}:legacy"), "jti": "another copy",
+        }),
+    );
+    let case = |name: &str, token: &str, audiences: Option<Vec<&'static str>>| Case {
+        name: name.to_owned(),
+        token: token.to_owned(),
+        audiences,
+    };
+    let cases = [
+        case(
+            "legacy, for the API server's audience",
+            &valid,
+            Some(vec![ISSUER]),
+        ),
+        case("legacy, for vault", &valid, Some(vec!["vault"])),
+        case("legacy, no audience named", &valid, None),
+        case(
+            "legacy, sub of another account",
+            &other_sub,
+            Some(vec![ISSUER]),
+        ),
+        case("legacy, its Secret deleted", &deleted, Some(vec![ISSUER])),
+        case(
+            "legacy, not the Secret's copy",
+            &not_stored,
+            Some(vec![ISSUER]),
+        ),
+    ];
+    let differences = differences(&gate, &cases).await;
+    assert!(
+        differences.is_empty(),
+        "{} of {} cases differ:\n{}",
+        differences.len(),
+        cases.len(),
+        differences.join("\n")
+    );
+    // The Secret made here is one the API server accepts a legacy token from.
+    let (_, review) = gate.review(&valid, &[ISSUER]).await;
+    assert_eq!(
+        review["status"]["user"]["username"],
+        format!("system:serviceaccount:{NS}:legacy"),
+        "{review}"
     );
 }
