@@ -1,7 +1,9 @@
 //! The miss path against the real kube-apiserver: the same fresh tokens' TokenReviews
 //! sent straight to the API server (the baseline) and through tokengate, interleaved, in
 //! one run; then a cached review through tokengate beside the same review at the API
-//! server (whose own cache keeps a "yes" 10 s).
+//! server (whose own cache keeps a "yes" 10 s); then 50 OpenBao logins with one token,
+//! its kubernetes auth pointed at tokengate and at the API server (`bao` on PATH, as
+//! `scripts/test` installs it): their time, and the TokenReviews the API server served.
 //!
 //! Run: `cargo bench --bench real` (release build; the control plane is built by
 //! `scripts/kube-apiserver`, or found through `TEST_KUBE_BIN`). `cargo test --all-targets`
@@ -13,6 +15,8 @@
 //! reviewer's token from it to the API server. The figure that matters is the difference
 //! of the medians, and the p99s beside them.
 
+#[path = "../tests/e2e/bao.rs"]
+mod bao;
 #[path = "../tests/e2e/real/control_plane.rs"]
 #[allow(
     dead_code,
@@ -145,8 +149,13 @@ async fn main() {
         api_cached.push(direct(&warm).await);
         gate_cached.push(through_gate(&warm).await);
     }
+    let logins = if measuring { 50 } else { 2 };
+    let fresh_for_openbao = plane.token(NS, "web", &["vault"], None, 3600).await;
+    let openbao = openbao_logins(plane, &gate_url, &reviewer, &fresh_for_openbao, logins).await;
     if !measuring {
-        println!("smoke run: {n} misses and {n} cached reviews each way answered");
+        println!(
+            "smoke run: {n} misses and {n} cached reviews each way answered, {logins} OpenBao logins each way"
+        );
         return;
     }
 
@@ -168,6 +177,17 @@ async fn main() {
         p50s.push(p50);
         println!("| {name} | {} | {} |", ms(p50), ms(p99));
     }
+    println!();
+    println!(
+        "| {logins} OpenBao logins with one token | time | TokenReviews the API server served |"
+    );
+    println!("|---|---|---|");
+    for (name, (took, reviews)) in [
+        ("through tokengate", openbao.0),
+        ("straight at the API server", openbao.1),
+    ] {
+        println!("| {name} | {:.2} s | {reviews} |", took.as_secs_f64());
+    }
     let added = p50s[1].saturating_sub(p50s[0]);
     println!(
         "\nthe miss path adds {} at the median (target: at most {}): {}",
@@ -179,4 +199,50 @@ async fn main() {
             "MISS"
         }
     );
+}
+
+/// TokenReviews the API server has served, from its own `/metrics`.
+async fn token_reviews_served(plane: &control_plane::ControlPlane) -> u64 {
+    let request = http::Request::get("/metrics")
+        .body(kube::client::Body::empty())
+        .unwrap();
+    let response = plane.admin().await.send(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{") && l.contains(r#"resource="tokenreviews""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// `logins` OpenBao logins with `token`, a token neither has seen (role `web` of
+/// `bench/web`, audience `vault`), first through tokengate at `gate_url`, then straight at
+/// the API server: each path's time, and the TokenReviews the API server served meanwhile.
+async fn openbao_logins(
+    plane: &control_plane::ControlPlane,
+    gate_url: &str,
+    reviewer: &str,
+    token: &str,
+    logins: usize,
+) -> ((Duration, u64), (Duration, u64)) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &plane.ca_pem).unwrap();
+    let mut results = Vec::new();
+    for (name, host) in [("gate", gate_url), ("direct", plane.url.as_str())] {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let bao = bao::Bao::start(&home).await;
+        bao.kubernetes_auth(host, &ca, reviewer, NS).await;
+        let before = token_reviews_served(plane).await;
+        let started = Instant::now();
+        for _ in 0..logins {
+            bao.login("web", token).await.expect("web logs in");
+        }
+        let took = started.elapsed();
+        results.push((took, token_reviews_served(plane).await - before));
+    }
+    (results[0], results[1])
 }

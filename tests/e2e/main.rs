@@ -3,6 +3,7 @@
 //! `kubernetes` client) and the real binary. One test binary keeps link time down.
 
 mod abuse;
+mod bao;
 mod caddy;
 mod catalog;
 mod cli;
@@ -14,7 +15,7 @@ mod ingress;
 mod lifecycle;
 mod nginx;
 mod observability;
-pub(crate) mod openbao;
+mod openbao;
 mod real;
 mod revocation;
 mod signatures;

@@ -85,7 +85,7 @@ async fn kubectl_create_raw_gets_the_same_answer_from_tokengate_as_from_the_api_
 /// cost the API server one TokenReview through tokengate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openbao_logs_in_through_tokengate_as_against_the_api_server() {
-    use crate::openbao::Bao;
+    use crate::bao::Bao;
     let gate = real_https_gate(&[]).await;
     let plane = gate.plane;
     plane.service_account("openbao", "web").await;
