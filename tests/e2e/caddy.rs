@@ -53,15 +53,7 @@ impl Caddy {
     /// Starts Caddy with `forward_auth` to the hook at `gate` (`host:port`) and waits,
     /// bounded, until it answers.
     async fn start(gate: &str) -> Caddy {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, backend) = (free_port(), echo_backend().await);
-        let conf = CADDYFILE
-            .replace("{dir}", &dir.path().display().to_string())
-            .replace("{port}", &port.to_string())
-            .replace("{backend}", &backend)
-            .replace("{gate}", gate);
-        let path = dir.path().join("Caddyfile");
-        std::fs::write(&path, conf).unwrap();
+        let (dir, port, path) = proxy_config(CADDYFILE, "Caddyfile", gate).await;
         let child = Command::new("caddy")
             .args(["run", "--adapter", "caddyfile", "--config"])
             .arg(&path)

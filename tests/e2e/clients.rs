@@ -85,28 +85,12 @@ async fn python_kubernetes_client_create_token_review_works_against_the_gate() {
     let gate = spawn_gate(&[]).await;
     let token = gate.workload_token("apps", "web", &["vault"]);
     let input = json!([[token, null], [token, ["payments"]]]).to_string();
-    let mut child = Command::new("python3")
-        .args(["-c", PYTHON_CLIENT, &gate.url, &gate.sim.reviewer_token()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 starts");
-    use tokio::io::AsyncWriteExt as _;
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "the Python kubernetes client failed (the README's test command installs it):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(
+        Command::new("python3").args(["-c", PYTHON_CLIENT, &gate.url, &gate.sim.reviewer_token()]),
+        &input,
+        "the Python kubernetes client (the README's test command installs it)",
+    )
+    .await;
     assert_eq!(lines[0]["authenticated"], true, "{}", lines[0]);
     assert_eq!(
         lines[0]["user"]["username"],

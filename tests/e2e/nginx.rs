@@ -89,15 +89,7 @@ impl Nginx {
     /// Starts nginx with `auth_request` to the hook at `gate` (`host:port`) and waits,
     /// bounded, until it answers.
     async fn start(gate: &str) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, backend) = (free_port(), echo_backend().await);
-        let conf = NGINX_CONF
-            .replace("{dir}", &dir.path().display().to_string())
-            .replace("{port}", &port.to_string())
-            .replace("{backend}", &backend)
-            .replace("{gate}", gate);
-        let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, conf).unwrap();
+        let (dir, port, path) = proxy_config(NGINX_CONF, "nginx.conf", gate).await;
         let child = Command::new("nginx")
             .arg("-p")
             .arg(dir.path())

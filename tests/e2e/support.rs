@@ -197,15 +197,17 @@ pub fn test_config(sim: &Sim, dir: &Path, env: &[(&str, &str)]) -> tokengate::co
     tokengate::config::from_str(&text, env).expect("a valid test config")
 }
 
-async fn start(
-    sim: Sim,
-    dir: tempfile::TempDir,
-    env: &[(&str, &str)],
-    gate_ca: Option<String>,
+/// A gate built from `config`, reading time from `clock`, serving on a loopback port of
+/// its own in this process until the returned sender is dropped: its address, its state.
+pub async fn serve_gate(
+    config: &tokengate::config::Config,
     clock: Arc<dyn tokengate::review::Clock>,
-) -> TestGate {
-    let config = test_config(&sim, dir.path(), env);
-    let gate = tokengate::build_with_clock(&config, clock)
+) -> (
+    std::net::SocketAddr,
+    Arc<tokengate::AppState>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let gate = tokengate::build_with_clock(config, clock)
         .await
         .expect("the gate builds");
     let state = gate.state.clone();
@@ -215,6 +217,61 @@ async fn start(
     tokio::spawn(tokengate::run(listener, gate, async move {
         let _ = stopped.await;
     }));
+    (addr, state, stop)
+}
+
+/// Waits, up to `limit`, for `state`'s readiness latch (the API server's first answer)
+/// and, when signatures are checked, for the keys; whether both came.
+pub async fn gate_ready_within(state: &tokengate::AppState, limit: std::time::Duration) -> bool {
+    let reviewer = &state.reviewer;
+    let ready = async {
+        reviewer.upstream().wait_ready().await;
+        if let Some(keys) = reviewer.keys() {
+            keys.wait_loaded().await;
+        }
+    };
+    tokio::time::timeout(limit, ready).await.is_ok()
+}
+
+/// Runs `command` with `input` on its standard input; its standard output's lines as
+/// JSON, or a panic naming `what` with its standard error when it fails.
+pub async fn json_lines(
+    command: &mut tokio::process::Command,
+    input: &str,
+    what: &str,
+) -> Vec<Value> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} could not be started ({e})"));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn start(
+    sim: Sim,
+    dir: tempfile::TempDir,
+    env: &[(&str, &str)],
+    gate_ca: Option<String>,
+    clock: Arc<dyn tokengate::review::Clock>,
+) -> TestGate {
+    let config = test_config(&sim, dir.path(), env);
+    let (addr, state, stop) = serve_gate(&config, clock).await;
     TestGate {
         sim,
         url: format!("http://{addr}"),
@@ -230,16 +287,10 @@ impl TestGate {
     /// Waits for the readiness latch (the probe's first answer from the sim) and, when
     /// signatures are checked, for the keys, bounded.
     pub async fn wait_ready(&self) {
-        let reviewer = &self.state.reviewer;
-        let ready = async {
-            reviewer.upstream().wait_ready().await;
-            if let Some(keys) = reviewer.keys() {
-                keys.wait_loaded().await;
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), ready)
-            .await
-            .expect("the gate becomes ready within 10s");
+        assert!(
+            gate_ready_within(&self.state, std::time::Duration::from_secs(10)).await,
+            "the gate becomes ready within 10s"
+        );
     }
 
     /// Has the gate authenticate the reviewer (the caller of every review in these tests)
@@ -536,6 +587,27 @@ pub async fn get_through(
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A proxy's configuration for the ingress tests: `template` written into `file` in a new
+/// directory, with `{dir}` (that directory), `{port}` (a free port for the proxy),
+/// `{backend}` (an [`echo_backend`], started here) and `{gate}` (the hook's `host:port`)
+/// filled in. Returns the directory, the port and the file.
+pub async fn proxy_config(
+    template: &str,
+    file: &str,
+    gate: &str,
+) -> (tempfile::TempDir, u16, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, backend) = (free_port(), echo_backend().await);
+    let text = template
+        .replace("{dir}", &dir.path().display().to_string())
+        .replace("{port}", &port.to_string())
+        .replace("{backend}", &backend)
+        .replace("{gate}", gate);
+    let path = dir.path().join(file);
+    std::fs::write(&path, text).unwrap();
+    (dir, port, path)
 }
 
 /// A backend for the ingress proxies' tests, on a loopback port of its own (returned as

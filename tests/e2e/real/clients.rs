@@ -171,30 +171,15 @@ async fn the_api_servers_webhook_authenticator_gets_the_same_answers_through_tok
     let tokens = format!("{valid}\n{other}\nnot-a-jwt\n");
     let dir = tempfile::tempdir().unwrap();
     let run = async |config: &std::path::Path, version: &str| -> Vec<Value> {
-        let mut child = tokio::process::Command::new(plane.bin.join("webhook-client"))
-            .arg("--kubeconfig")
-            .arg(config)
-            .args(["--version", version, "--audiences", "vault"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("scripts/kube-apiserver builds webhook-client");
-        use tokio::io::AsyncWriteExt as _;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(tokens.as_bytes()).await.unwrap();
-        drop(stdin);
-        let out = child.wait_with_output().await.unwrap();
-        assert!(
-            out.status.success(),
-            "webhook-client: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lines: Vec<Value> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = crate::support::json_lines(
+            tokio::process::Command::new(plane.bin.join("webhook-client"))
+                .arg("--kubeconfig")
+                .arg(config)
+                .args(["--version", version, "--audiences", "vault"]),
+            &tokens,
+            "webhook-client (scripts/kube-apiserver builds it)",
+        )
+        .await;
         assert_eq!(lines.len(), 3, "{lines:?}");
         lines
     };

@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 
 pub use control_plane::{ControlPlane, ISSUER, control_plane, own_control_plane};
 
-use crate::support::{HttpClient, client_trusting, eventually, post_with};
+use crate::support::{
+    HttpClient, client_trusting, eventually, gate_ready_within, post_with, serve_gate,
+};
 
 /// The reviewer: `deploy/`'s service account, bound by `deploy/`'s own RBAC files.
 pub const REVIEWER: &str = "system:serviceaccount:tokengate:tokengate";
@@ -90,16 +92,7 @@ pub async fn start_gate_on(
     let text = plane.gate_config(&token_file, REVIEWER);
     let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
     let config = tokengate::config::from_str(&text, env).expect("a valid config");
-    let gate = tokengate::build_with_clock(&config, clock)
-        .await
-        .expect("the gate builds");
-    let state = gate.state.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(tokengate::run(listener, gate, async move {
-        let _ = stopped.await;
-    }));
+    let (addr, state, stop) = serve_gate(&config, clock).await;
     RealGate {
         plane,
         url: format!("http://{addr}"),
@@ -159,14 +152,8 @@ pub async fn ready(gate: RealGate) -> RealGate {
 impl RealGate {
     /// Waits up to `limit` for `/readyz` to say 200; the last answer.
     pub async fn readyz_within(&self, limit: std::time::Duration) -> (StatusCode, String) {
-        let reviewer = &self.state.reviewer;
-        let ready = async {
-            reviewer.upstream().wait_ready().await;
-            if let Some(keys) = reviewer.keys() {
-                keys.wait_loaded().await;
-            }
-        };
-        let _ = tokio::time::timeout(limit, ready).await;
+        // What /readyz answers then is the verdict, ready or not.
+        gate_ready_within(&self.state, limit).await;
         self.get("/readyz").await
     }
 

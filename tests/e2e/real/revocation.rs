@@ -18,6 +18,14 @@ fn said_yes(review: &Value) -> bool {
     review["status"]["authenticated"].as_bool().unwrap_or(false)
 }
 
+/// Reviews `token` until `gate` refuses it (bounded by `within`); how long that took.
+async fn until_refused(gate: &RealGate, token: &str, within: Duration) -> Duration {
+    eventually(within, "the gate refuses the token", async || {
+        !authenticated(&gate.review(token, &["vault"]).await.1)
+    })
+    .await
+}
+
 /// Creates service account `ns/web` and its pod `web-0` on `gate`'s control plane, and a
 /// token bound to the pod that `gate` has accepted (and so cached).
 async fn accepted_pod_token(gate: &RealGate, ns: &str) -> String {
@@ -40,12 +48,7 @@ async fn a_deleted_pods_token_is_refused_while_the_api_server_still_says_yes_fro
 
     plane.delete_pod("revoke-pod", "web-0").await;
     let deleted = Instant::now();
-    let gate_said_no = eventually(
-        Duration::from_secs(5),
-        "the gate refuses the token",
-        async || !authenticated(&gate.review(&token, &["vault"]).await.1),
-    )
-    .await;
+    let gate_said_no = until_refused(&gate, &token, Duration::from_secs(5)).await;
     // The condition the gate must not be fooled by: the API server's cached "yes".
     let direct = plane.review(&token, &["vault"]).await;
     assert!(
@@ -108,12 +111,7 @@ async fn a_deleted_and_recreated_service_accounts_old_token_is_never_accepted_ag
     plane
         .kubectl(&["-n", "revoke-sa", "delete", "serviceaccount", "web"])
         .await;
-    eventually(
-        Duration::from_secs(5),
-        "the gate refuses the token",
-        async || !authenticated(&gate.review(&token, &["vault"]).await.1),
-    )
-    .await;
+    until_refused(&gate, &token, Duration::from_secs(5)).await;
     let (_, review) = gate.review(&token, &["vault"]).await;
     assert_eq!(
         error(&review),
@@ -250,12 +248,7 @@ async fn a_token_bound_to_a_deleted_secret_is_refused_with_the_secret_watch_on()
     plane
         .kubectl(&["-n", "revoke-secret", "delete", "secret", "bound"])
         .await;
-    eventually(
-        Duration::from_secs(5),
-        "the gate refuses the token",
-        async || !authenticated(&gate.review(&token, &["vault"]).await.1),
-    )
-    .await;
+    until_refused(&gate, &token, Duration::from_secs(5)).await;
     let (_, review) = gate.review(&token, &["vault"]).await;
     assert_eq!(
         error(&review),
@@ -278,12 +271,7 @@ async fn a_deletion_while_the_watch_is_cut_off_is_found_when_it_comes_back() {
     plane.delete_pod("revoke-cut", "web-0").await;
     proxy.resume();
     let back = Instant::now();
-    eventually(
-        Duration::from_secs(15),
-        "the gate refuses the token",
-        async || !authenticated(&gate.review(&token, &["vault"]).await.1),
-    )
-    .await;
+    until_refused(&gate, &token, Duration::from_secs(15)).await;
     println!(
         "watch cut off during the deletion: tokengate said no {} ms after the connection came back",
         back.elapsed().as_millis()
@@ -312,12 +300,7 @@ async fn a_deletion_hidden_by_a_410_gone_is_found_at_the_re_list() {
     .await;
     proxy.resume();
     let back = Instant::now();
-    eventually(
-        Duration::from_secs(15),
-        "the gate refuses the token",
-        async || !authenticated(&gate.review(&token, &["vault"]).await.1),
-    )
-    .await;
+    until_refused(&gate, &token, Duration::from_secs(15)).await;
     println!(
         "410 Gone after the deletion: tokengate said no {} ms after the connection came back",
         back.elapsed().as_millis()
