@@ -285,26 +285,13 @@ fn router_benches(c: &mut Criterion) {
         b.to_async(&rt).iter(|| call(&layered, review()))
     });
     // The review's own work alone (parse, keyed hash, lookup, answer), under the same
-    // middleware: what the gate adds to it is the kept-alive row's cost beyond this one.
+    // middleware: what the gate adds to it is the cached row's cost beyond this one.
     group.bench_function(
         "the least a gate must do, under the gate's middleware",
         |b| b.to_async(&rt).iter(|| call(&least, review())),
     );
     group.bench_function("cached POST /review", |b| {
         b.to_async(&rt).iter(|| call(&router, review()))
-    });
-    group.bench_function("cached POST /review, kept-alive connection", |b| {
-        // A connection remembers its caller: only the reviewed token is hashed.
-        b.to_async(&rt).iter_custom(|iters| {
-            let (router, call, review) = (&router, &call, &review);
-            http::as_one_connection(async move {
-                let start = std::time::Instant::now();
-                for _ in 0..iters {
-                    call(router, review()).await;
-                }
-                start.elapsed()
-            })
-        })
     });
     group.bench_function("cached GET /auth", |b| {
         b.to_async(&rt).iter(|| call(&router, auth()))

@@ -35,12 +35,6 @@ impl CallerAccess {
         }
     }
 
-    /// Whether an answer stands until the access configuration changes (the allow-list),
-    /// rather than for a while (a SubjectAccessReview's, `sar_ttl`).
-    pub fn is_allow_list(&self) -> bool {
-        self.access.mode == AccessMode::AllowList
-    }
-
     /// `Ok(Ok(()))`: allowed; `Ok(Err(reason))`: refused; `Err`: cannot tell now.
     pub async fn check(&self, user: &User) -> Result<Result<(), String>, UpstreamError> {
         match self.access.mode {

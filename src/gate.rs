@@ -12,7 +12,7 @@
 //! changed config file into [`AppState::reconfigure`], SIGTERM into `shutdown`).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -29,8 +29,6 @@ pub struct AppState {
     /// The decision pipeline.
     pub reviewer: Arc<Reviewer>,
     access: RwLock<Arc<CallerAccess>>,
-    /// Changes with every change of `access` (see [`AppState::access_generation`]).
-    access_generation: AtomicU64,
     auth: RwLock<Arc<AuthPolicy>>,
     config: RwLock<Arc<Config>>,
     draining: AtomicBool,
@@ -44,7 +42,6 @@ impl AppState {
         AppState {
             reviewer,
             access: RwLock::new(Arc::new(access)),
-            access_generation: AtomicU64::new(0),
             auth: RwLock::new(Arc::new(config.auth.clone())),
             config: RwLock::new(Arc::new(config.clone())),
             draining: AtomicBool::new(false),
@@ -55,13 +52,6 @@ impl AppState {
     /// Who may call the TokenReview endpoints.
     pub fn access(&self) -> Arc<CallerAccess> {
         Arc::clone(&self.access.read().expect("access lock"))
-    }
-
-    /// A number that changes after every change of who may call the TokenReview
-    /// endpoints: a connection that remembers its caller was allowed trusts that only
-    /// while this stays the one it read before the caller was checked.
-    pub fn access_generation(&self) -> u64 {
-        self.access_generation.load(Ordering::SeqCst)
     }
 
     /// Who `/auth` lets through.
@@ -86,7 +76,6 @@ impl AppState {
             let access =
                 CallerAccess::new(new.access.clone(), Arc::clone(self.reviewer.upstream()));
             *self.access.write().expect("access lock") = Arc::new(access);
-            self.access_generation.fetch_add(1, Ordering::SeqCst);
             notes.push("access changed".into());
         }
         if new.auth != old.auth {

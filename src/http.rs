@@ -9,7 +9,6 @@
 //!
 //! Not responsible for: deciding anything about a token (see `review`).
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use crate::config::Limits;
 pub use crate::gate::AppState;
 use crate::metrics::{CacheKind, Endpoint, Metrics, Outcome};
-use crate::review::{Decision, RememberedCaller, Settings};
+use crate::review::{Decision, Settings};
 use crate::upstream::UpstreamError;
 use crate::wire::{self, ReviewRequest, ReviewSpec};
 
@@ -336,21 +335,6 @@ pub async fn serve(
     }
 }
 
-tokio::task_local! {
-    /// The caller token a connection sent last, its cache key (see
-    /// [`crate::review::Reviewer::caller_key`]) and whether it was admitted
-    /// ([`crate::review::Reviewer::admitted`]). HTTP/1 serves a connection's requests
-    /// one at a time, inside the connection's task: no two borrow it at once.
-    static REMEMBERED_CALLER: RefCell<Option<RememberedCaller>>;
-}
-
-/// Runs `requests` as one connection's requests run: with the connection's memory of
-/// its caller, which a request outside it does without. The server runs each connection
-/// in one; a benchmark runs a series of in-process requests in one.
-pub fn as_one_connection<F: Future>(requests: F) -> impl Future<Output = F::Output> {
-    REMEMBERED_CALLER.scope(RefCell::new(None), requests)
-}
-
 async fn serve_with<L>(
     mut listener: L,
     limits: Limits,
@@ -390,7 +374,7 @@ where
             }
             drop(permit);
         };
-        tokio::spawn(as_one_connection(connection));
+        tokio::spawn(connection);
     }
     drop(listener);
     graceful.shutdown().await;
@@ -531,33 +515,10 @@ async fn authorize_caller(
     headers: &HeaderMap,
     now: std::time::SystemTime,
 ) -> Result<Arc<Settings>, ApiError> {
-    // Read before the caller is checked: a change of access meanwhile voids what is
-    // remembered below.
-    let access_generation = state.access_generation();
-    let admitted = REMEMBERED_CALLER.try_with(|remembered| {
-        let remembered = remembered.borrow();
-        let remembered = remembered.as_ref()?;
-        state.reviewer.admitted(
-            caller_token_bytes(headers)?,
-            remembered,
-            access_generation,
-            now,
-        )
-    });
-    if let Ok(Some(settings)) = admitted {
-        return Ok(settings);
-    }
     let Some(token) = caller_token(headers) else {
         return Err(ApiError::Unauthorized);
     };
-    let key = REMEMBERED_CALLER
-        .try_with(|remembered| {
-            state
-                .reviewer
-                .caller_key(token, &mut remembered.borrow_mut())
-        })
-        .unwrap_or_else(|_| state.reviewer.caller_key(token, &mut None));
-    let decision = state.reviewer.authenticate_caller(token, &key, now).await?;
+    let (decision, settings) = state.reviewer.authenticate_caller(token, now).await?;
     if !decision.verdict.authenticated {
         return Err(ApiError::Unauthorized);
     }
@@ -566,18 +527,7 @@ async fn authorize_caller(
     };
     let access = state.access();
     match access.check(user).await? {
-        Ok(()) => {
-            if access.is_allow_list() {
-                let _outside_a_connection = REMEMBERED_CALLER.try_with(|remembered| {
-                    if let Some(remembered) = remembered.borrow_mut().as_mut() {
-                        state
-                            .reviewer
-                            .admit(remembered, &key, access_generation, now);
-                    }
-                });
-            }
-            Ok(Arc::clone(key.settings()))
-        }
+        Ok(()) => Ok(settings),
         // The API server's words, its authorizer's reason after them when there is one.
         Err(why) => Err(ApiError::Forbidden(format!(
             "tokenreviews.authentication.k8s.io is forbidden: User {:?} cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope{}",
@@ -621,7 +571,8 @@ fn bearer_token(value: &[u8]) -> Option<std::ops::Range<usize>> {
 /// Only the token itself must be text (visible ASCII or tabs); what follows it is ignored,
 /// as the API server ignores it.
 fn caller_token(headers: &HeaderMap) -> Option<&str> {
-    let token = caller_token_bytes(headers)?;
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let token = value.get(caller_token_range(value)?)?;
     let text = token
         .iter()
         .all(|b| *b == b'\t' || (b' '..=b'~').contains(b));
@@ -630,14 +581,6 @@ fn caller_token(headers: &HeaderMap) -> Option<&str> {
     } else {
         None
     }
-}
-
-/// The same token's bytes, without the check that they are text: for comparing with a
-/// token already checked, where equal bytes make the check's outcome known, and the
-/// check, a byte at a time, costs more than the comparison (BENCHMARKS.md).
-fn caller_token_bytes(headers: &HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
-    value.get(caller_token_range(value)?)
 }
 
 /// Go's `strings.TrimSpace`, then `strings.SplitN(value, " ", 3)`: the second part, when
@@ -858,7 +801,7 @@ mod tests {
     mod bearer {
         use proptest::prelude::*;
 
-        use super::super::{bearer, caller_token, caller_token_bytes};
+        use super::super::{bearer, caller_token};
         use axum::http::{HeaderMap, HeaderValue, header};
 
         /// The API server's reading (k8s.io/apiserver's bearertoken), as written there.
@@ -913,38 +856,25 @@ mod tests {
                     reference(&map[header::AUTHORIZATION]),
                     "{value:?}"
                 );
-                assert_eq!(
-                    caller_token_bytes(&map),
-                    token.map(str::as_bytes),
-                    "{value:?}"
-                );
             }
             assert_eq!(caller_token(&HeaderMap::new()), None);
         }
 
         proptest! {
-            /// `caller_token` reads every value as the API server does, and
-            /// `caller_token_bytes` finds the same token; where the value is not visible
-            /// ASCII, `caller_token` refuses it, and `caller_token_bytes` never gives a
-            /// token that `caller_token` would give, so comparing its bytes with a checked
-            /// token admits only that token.
+            /// `caller_token` reads every value as the API server does, bytes that are
+            /// not text included.
             #[test]
-            fn caller_token_bytes_agrees_with_the_checked_reading(
+            fn a_caller_token_of_any_bytes_is_read_as_the_api_server_reads_it(
                 value in proptest::collection::vec(
                     prop::sample::select(b"BbEeAaRrx .\t\x80\xe9\x7f\x01".to_vec()), 0..14),
                 prefix in prop::sample::select(vec!["", "Bearer ", "bearer\t ", "Basic "]),
             ) {
                 let value = [prefix.as_bytes(), &value].concat();
                 let Some(map) = headers(&value) else { return Ok(()) };
-                let checked = caller_token(&map);
-                prop_assert_eq!(checked.map(str::to_owned), reference(&map[header::AUTHORIZATION]));
-                match checked {
-                    Some(token) => prop_assert_eq!(caller_token_bytes(&map), Some(token.as_bytes())),
-                    None => if let Some(unchecked) = caller_token_bytes(&map) {
-                        let visible = |b: &u8| (b' '..=b'~').contains(b) || *b == b'\t';
-                        prop_assert!(!unchecked.iter().all(visible), "{:?} read {:?}", value, unchecked);
-                    },
-                }
+                prop_assert_eq!(
+                    caller_token(&map).map(str::to_owned),
+                    reference(&map[header::AUTHORIZATION])
+                );
             }
         }
     }

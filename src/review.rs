@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 
-use crate::cache::{Deadline, Fetched, Purpose, Verdict, VerdictCache};
+use crate::cache::{Fetched, Purpose, Verdict, VerdictCache};
 use crate::config::{self, Config, OnUnavailable, UnknownKid};
 use crate::keys::{Keys, Verification};
 use crate::metrics::{Metrics, RejectionClass};
@@ -137,57 +137,6 @@ fn class(rejection: &Rejection) -> RejectionClass {
         Rejection::SubjectMismatch { .. } => RejectionClass::SubjectMismatch,
         Rejection::LegacyNotAllowed { .. } => RejectionClass::Legacy,
         Rejection::ForeignAudience { .. } => RejectionClass::Foreign,
-    }
-}
-
-/// A caller token a connection presented, and its cache key under the settings then
-/// in force (held, so that a reload, which replaces them, is noticed by identity).
-/// The token is wiped from memory when it is dropped.
-pub struct RememberedCaller {
-    token: secrecy::SecretBox<str>,
-    settings: Arc<Settings>,
-    key: crate::cache::Key,
-    /// Set once a request of this caller was authenticated and allowed (see
-    /// [`Reviewer::admit`]).
-    admitted: Option<CallerAdmission>,
-}
-
-/// A caller's admission, remembered by its connection: it holds while the verdict it
-/// rests on is live and nothing that could end it sooner happened since.
-#[derive(Clone, Copy)]
-struct CallerAdmission {
-    /// The cached verdict's deadline.
-    until: Deadline,
-    /// [`VerdictCache::generation`] before that verdict was looked up.
-    generation: u64,
-    /// The access generation (`AppState::access_generation`) it was allowed under.
-    access: u64,
-}
-
-impl RememberedCaller {
-    /// Whether `token` is the remembered one, in time that does not depend on where
-    /// they differ (one connection may carry several callers' requests, through a proxy).
-    fn is(&self, token: &[u8]) -> bool {
-        use secrecy::ExposeSecret as _;
-        constant_time_eq::constant_time_eq(self.token.expose_secret().as_bytes(), token)
-    }
-}
-
-impl std::fmt::Debug for RememberedCaller {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RememberedCaller(<redacted>)")
-    }
-}
-
-/// A caller token's cache key, the settings it was made under and the cache's
-/// generation before its verdict was looked up.
-pub struct CallerKey(crate::cache::Key, Arc<Settings>, u64);
-
-impl CallerKey {
-    /// The settings the caller is judged under (the request is best answered under the
-    /// same, rather than under a reload's that came in between).
-    pub fn settings(&self) -> &Arc<Settings> {
-        &self.1
     }
 }
 
@@ -358,97 +307,24 @@ impl Reviewer {
             .await
     }
 
-    /// The cache key of a caller token. A connection remembers the caller token it was
-    /// sent last (`remembered`): when the same one comes again (Vault sends its
-    /// `token_reviewer_jwt` with every login, over kept-alive connections), its keyed
-    /// hash, about half a microsecond, is reused instead of computed again.
-    pub fn caller_key(&self, token: &str, remembered: &mut Option<RememberedCaller>) -> CallerKey {
-        let generation = self.cache.generation();
-        let settings = self.settings();
-        if let Some(r) = remembered
-            && Arc::ptr_eq(&r.settings, &settings)
-            && r.is(token.as_bytes())
-        {
-            return CallerKey(r.key, settings, generation);
-        }
-        let key = self
-            .cache
-            .key(token, &settings.policy.api_audiences, Purpose::Caller);
-        *remembered = Some(RememberedCaller {
-            token: token.into(),
-            settings: Arc::clone(&settings),
-            key,
-            admitted: None,
-        });
-        CallerKey(key, settings, generation)
-    }
-
-    /// The settings of a caller its connection already admitted ([`Reviewer::admit`]),
-    /// when `token` is that caller's and the admission still holds at `now`: the verdict
-    /// it rests on is live, no revocation or clear of the cache happened since it was
-    /// looked up, and `access_generation` is the one it was allowed under. That costs
-    /// a comparison and three atomic reads instead of a cache lookup and the settings'
-    /// and the allow-list's locks (BENCHMARKS.md has what that is worth under load).
-    /// Counted as a decision from the cache. `token` may be the bytes a request
-    /// presented, unchecked: only bytes equal to the remembered token, checked when it
-    /// was remembered, are admitted.
-    pub fn admitted(
-        &self,
-        token: &[u8],
-        remembered: &RememberedCaller,
-        access_generation: u64,
-        now: SystemTime,
-    ) -> Option<Arc<Settings>> {
-        let admitted = remembered.admitted?;
-        let holds = admitted.access == access_generation
-            && admitted.generation == self.cache.generation()
-            && self.cache.is_live(admitted.until, now)
-            && remembered.is(token);
-        if !holds {
-            return None;
-        }
-        self.metrics.decision(Source::Cache);
-        Some(Arc::clone(&remembered.settings))
-    }
-
-    /// Remembers on the connection that the caller of `key` was authenticated (by the
-    /// cache, for as long as its verdict is live there) and allowed, under
-    /// `access_generation`. Only for access that stays the same until a reload (the
-    /// allow-list): a SubjectAccessReview answer has a lifetime of its own.
-    pub fn admit(
-        &self,
-        remembered: &mut RememberedCaller,
-        CallerKey(key, _, generation): &CallerKey,
-        access_generation: u64,
-        now: SystemTime,
-    ) {
-        if remembered.key != *key {
-            return;
-        }
-        remembered.admitted = self
-            .cache
-            .live_deadline(key, now)
-            .map(|until| CallerAdmission {
-                until,
-                generation: *generation,
-                access: access_generation,
-            });
-    }
-
     /// Authenticates a caller of the TokenReview endpoints as the API server would
     /// authenticate a request to itself: for its own audiences, legacy tokens included
-    /// (Vault's `token_reviewer_jwt` is often one). `key` comes from
-    /// [`Reviewer::caller_key`]; the cache still decides, so expiry, revocation and a
-    /// reload apply as to any token.
+    /// (Vault's `token_reviewer_jwt` is often one), through the cache like any token, so
+    /// expiry, revocation and a reload apply to it alike. Returns the settings it was
+    /// judged under: the request is best answered under the same, rather than under a
+    /// reload's that came in between.
     pub async fn authenticate_caller(
         &self,
         token: &str,
-        CallerKey(key, settings, _): &CallerKey,
         now: SystemTime,
-    ) -> Result<Decision, UpstreamError> {
+    ) -> Result<(Decision, Arc<Settings>), UpstreamError> {
+        let settings = self.settings();
         let audiences = &settings.policy.api_audiences;
-        self.decide(token, audiences, Purpose::Caller, *key, now)
-            .await
+        let key = self.cache.key(token, audiences, Purpose::Caller);
+        let decision = self
+            .decide(token, audiences, Purpose::Caller, key, now)
+            .await?;
+        Ok((decision, settings))
     }
 
     /// A cached verdict costs a lookup (the key is computed by the caller); anything

@@ -740,10 +740,8 @@ async fn a_legacy_token_may_authenticate_a_caller_though_workloads_may_not_use_o
     );
 }
 
-/// A connection remembers the caller token it was sent last, to skip hashing it again
-/// (see `Reviewer::caller_key`), and that it was admitted (`Reviewer::admitted`). One
-/// connection can carry several callers' requests (a proxy in front of the gate): each
-/// request is still judged by its own token, and a reload that changes which caller
+/// One connection can carry several callers' requests (a proxy in front of the gate):
+/// each request is judged by its own token, and a reload that changes which caller
 /// tokens are valid, or who may call, applies to a kept-alive connection at once.
 #[tokio::test]
 async fn one_connection_with_several_callers_judges_each_request_by_its_own_token() {
@@ -819,10 +817,10 @@ async fn one_connection_with_several_callers_judges_each_request_by_its_own_toke
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
 }
 
-/// A kept-alive connection's admitted caller is checked again once the verdict it rests
-/// on has expired: the caller's token goes back to the API server.
+/// A caller on a kept-alive connection is checked again once its cached verdict has
+/// expired: the caller's token goes back to the API server.
 #[tokio::test]
-async fn a_remembered_caller_is_asked_about_again_once_its_verdict_expires() {
+async fn a_kept_alive_callers_token_is_asked_about_again_once_its_verdict_expires() {
     let clock = TestClock::new();
     let gate = spawn_gate_with_clock(&[], clock.clone()).await;
     let token = gate.workload_token("apps", "web", &["vault"]);

@@ -14,8 +14,7 @@ use serde_json::{Value, json};
 use tokengate::sim::{MintRequest, Sim, SimOptions};
 
 /// One kept-alive HTTP/1 connection to a plain-HTTP gate, as Vault keeps one: every
-/// request goes over the same socket, so what the gate remembers per connection (its
-/// caller, see `Reviewer::caller_key` and `Reviewer::admitted`) is in play.
+/// request goes over the same socket.
 pub struct KeptAlive {
     send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
