@@ -358,7 +358,7 @@ pub fn from_str(
                 "environment variable {var} sets unknown key `{key}`"
             )),
             None => problems.push(format!(
-                "unknown key `{key}`: check its spelling and section against the README's configuration reference"
+                "unknown key `{key}`: check its spelling and section against docs/configuration.md"
             )),
         }
     }

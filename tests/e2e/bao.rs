@@ -119,7 +119,7 @@ impl Bao {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Enables kubernetes auth with the README's lines: `host` (trusting the PEM in
+    /// Enables kubernetes auth with docs/vault-openbao.md's lines: `host` (trusting the PEM in
     /// `ca`) reviews with `reviewer`; role `web` for `NS/web` and audience `vault`.
     pub(crate) async fn kubernetes_auth(&self, host: &str, ca: &Path, reviewer: &str, ns: &str) {
         self.must(&["auth", "enable", "kubernetes"]).await;

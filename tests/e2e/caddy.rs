@@ -1,6 +1,6 @@
 //! Caddy's `forward_auth` in front of a backend, with tokengate's `/auth` as the hook: the
-//! real Caddy (Debian's `caddy`, installed by `scripts/test`) with the configuration the
-//! README shows, one per test on a free loopback port.
+//! real Caddy (Debian's `caddy`, installed by `scripts/test`) with the configuration
+//! docs/ingress.md shows, one per test on a free loopback port.
 //!
 //! What Caddy does with the hook's answer, as these tests pin it down: a 2xx lets the
 //! request through, with the headers `copy_headers` names copied onto it (repeated ones
@@ -26,7 +26,7 @@ const CADDYFILE: &str = r#"
     storage file_system {dir}/data
 }
 
-# --- as in the README ---
+# --- as in docs/ingress.md ---
 http://127.0.0.1:{port} {
     route {
         # Every X-Remote-* header the client sent goes first: a backend must see the

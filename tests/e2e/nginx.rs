@@ -1,11 +1,11 @@
 //! nginx's `auth_request` in front of a backend, with tokengate's `/auth` as the auth
 //! hook: the real nginx (Debian's `nginx-full`, installed by `scripts/test`) with the
-//! configuration the README shows, one per test on a free loopback port.
+//! configuration docs/ingress.md shows, one per test on a free loopback port.
 //!
 //! What nginx does with the hook's answer, as these tests pin it down: a 2xx lets the
 //! request through (and `auth_request_set` picks the identity headers off it); a 401 or
 //! 403 is passed to the client, a 401 with the hook's `WWW-Authenticate`; anything else,
-//! a 503 from the gate or no gate at all, becomes nginx's own 500 (which the README's
+//! a 503 from the gate or no gate at all, becomes nginx's own 500 (which docs/ingress.md's
 //! `error_page` turns back into a 503). Never the backend.
 
 use std::path::Path;
@@ -38,7 +38,7 @@ http {
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
 
-    # --- as in the README ---
+    # --- as in docs/ingress.md ---
     server {
         listen 127.0.0.1:{port};
 
@@ -248,7 +248,7 @@ async fn an_undecidable_token_or_a_gate_that_is_down_is_a_503_never_the_backend(
     assert_eq!(nginx.get("/", Some(&cached), &[]).await.0, StatusCode::OK);
 
     // The API server hangs: the gate answers 503, which auth_request makes a 500, and
-    // the README's error_page a 503 again.
+    // docs/ingress.md's error_page a 503 again.
     gate.sim.fail_next(100, Failure::Hang);
     let fresh = gate.mint("apps", "web", &["api"], Some("web-0"));
     let (status, h, body) = nginx.get("/", Some(&fresh), &[]).await;

