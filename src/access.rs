@@ -8,30 +8,33 @@
 //! Not responsible for: authenticating the caller (see `review::Reviewer::authenticate_caller`).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::config::{Access, AccessMode};
 use crate::upstream::{Upstream, UpstreamError};
 use crate::user::User;
 
 /// Callers kept in the SubjectAccessReview answer cache at most.
-const MAX_CACHED_CALLERS: usize = 10_000;
+const MAX_CACHED_CALLERS: u64 = 10_000;
 
 /// Decides whether an authenticated caller may review tokens.
 pub struct CallerAccess {
     access: Access,
     upstream: Arc<Upstream>,
-    /// Definitive SubjectAccessReview answers by caller identity, and when each came.
-    answers: quick_cache::sync::Cache<String, (Instant, Result<(), String>)>,
+    /// Definitive SubjectAccessReview answers by caller identity, each kept `sar_ttl`.
+    answers: moka::sync::Cache<String, Result<(), String>>,
 }
 
 impl CallerAccess {
     /// Access control as configured, asking `upstream` in SubjectAccessReview mode.
     pub fn new(access: Access, upstream: Arc<Upstream>) -> CallerAccess {
+        let answers = moka::sync::Cache::builder()
+            .max_capacity(MAX_CACHED_CALLERS)
+            .time_to_live(access.sar_ttl)
+            .build();
         CallerAccess {
             access,
             upstream,
-            answers: quick_cache::sync::Cache::new(MAX_CACHED_CALLERS),
+            answers,
         }
     }
 
@@ -53,16 +56,14 @@ impl CallerAccess {
         // Identities are not secrets; the whole identity is the key, as RBAC may grant by
         // any part of it.
         let key = serde_json::to_string(user).expect("a UserInfo serialises");
-        if let Some((at, answer)) = self.answers.get(&key)
-            && at.elapsed() < self.access.sar_ttl
-        {
+        if let Some(answer) = self.answers.get(&key) {
             return Ok(answer);
         }
         let answer = self
             .upstream
             .may_review_tokens(&user.to_user_info())
             .await?;
-        self.answers.insert(key, (Instant::now(), answer.clone()));
+        self.answers.insert(key, answer.clone());
         Ok(answer)
     }
 }

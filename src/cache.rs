@@ -4,27 +4,28 @@
 //! never the token (HMAC-SHA256 with a random per-process key over length-prefixed parts,
 //! so no two different inputs share a key and nobody without the key can compute one);
 //! keeping verdicts no longer than the deadline they were stored with (checked against
-//! the caller's clock on every read; [`VerdictCache::sweep`] reclaims the expired);
-//! keeping negative verdicts in a cache of their own, so a flood of bad tokens can only
-//! evict other bad tokens; and making concurrent misses of one key share one fetch that
-//! runs in its own task, so no caller's disconnect cancels it.
+//! the caller's clock on every read); keeping negative verdicts in a cache of their own,
+//! so a flood of bad tokens can only evict other bad tokens; knowing which verdicts stand
+//! on which object, so the revocation watch can take them out; and making concurrent
+//! misses of one key share one fetch that runs in its own task, so no caller's
+//! disconnect cancels it.
 //!
 //! Not responsible for: deciding how long a verdict may live (see `review::lifetime`).
 //!
-//! Uses `quick_cache`'s sync cache: a read never waits on I/O, so it can run under the
-//! in-flight lock, which closes the window between "not cached" and "nobody is fetching
-//! it"; and its entries cost little more than the key and value themselves (a million
-//! verdicts must fit in half a gigabyte, see BENCHMARKS.md). Its eviction is S3-FIFO
-//! (scan resistant), bounded by the configured entry counts; expiry is ours.
+//! Both caches are moka's: bounded by the configured entry counts (TinyLFU admission,
+//! scan resistant), each entry expiring at its verdict's deadline, and an eviction
+//! listener that counts evictions and takes the entry out of the dependency index.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
+use moka::notification::RemovalCause;
 use ring::hmac;
 
 use crate::config;
@@ -80,7 +81,7 @@ pub struct Fetched {
     pub ttl: Duration,
     /// The objects whose deletion revokes it (`pod:UID`, `serviceaccount:UID`,
     /// `secret:NS/NAME`): the revocation watch evicts it when one goes.
-    pub depends_on: Vec<String>,
+    pub depends_on: Vec<Dependency>,
     /// For a verdict kept past `max_ttl` because the revocation watch is healthy: when
     /// `max_ttl` would have ended it. Whenever the watch is not healthy, that deadline is
     /// in force again.
@@ -109,7 +110,7 @@ fn millis(t: SystemTime) -> u64 {
 
 /// Until when a cached verdict may be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline {
+struct Deadline {
     /// The deadline, in [`millis`].
     expires_at: u64,
     /// `Fetched::capped_at` in [`millis`]; `u64::MAX` when there is none.
@@ -123,15 +124,76 @@ impl Deadline {
     }
 }
 
+/// A Kubernetes object's UID: the 16 bytes of the UUID the API server makes it, or, for
+/// one that is not a UUID, 16 bytes of its SHA-256 (both sides of a comparison come from
+/// the API server, so they are read alike).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Uid([u8; 16]);
+
+impl Uid {
+    /// The UID written `text`.
+    pub fn of(text: &str) -> Uid {
+        match uuid::Uuid::try_parse(text) {
+            Ok(uuid) => Uid(uuid.into_bytes()),
+            Err(_) => {
+                let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+                let mut uid = [0; 16];
+                uid.copy_from_slice(&digest.as_ref()[..16]);
+                Uid(uid)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&uuid::Uuid::from_bytes(self.0), f)
+    }
+}
+
+/// An object whose deletion revokes the verdicts that stand on it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dependency {
+    /// A service account, by UID.
+    ServiceAccount(Uid),
+    /// A pod, by UID.
+    Pod(Uid),
+    /// A Secret, by `namespace/name`: a legacy token names its Secret, not the UID.
+    Secret(Arc<str>),
+}
+
+impl fmt::Display for Dependency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dependency::ServiceAccount(uid) => write!(f, "serviceaccount:{uid:?}"),
+            Dependency::Pod(uid) => write!(f, "pod:{uid:?}"),
+            Dependency::Secret(name) => write!(f, "secret:{name}"),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Entry {
     verdict: Arc<Verdict>,
     deadline: Deadline,
-    depends_on: Option<Arc<[String]>>,
+    depends_on: Option<Arc<[Dependency]>>,
+    /// Which insert made it: the dependency index forgets a key for an entry only while
+    /// the index still holds that insert's pairs, not a later one's.
+    stamp: u64,
+    /// How long moka keeps it: the fetched ttl in milliseconds, at most 49 days (the
+    /// caller's clock need not be the system's, so the deadline cannot tell moka).
+    keep_millis: u32,
 }
 
-/// Which cached verdicts depend on which object.
-type Dependents = Arc<Mutex<HashMap<String, HashSet<Key>>>>;
+/// Which cached verdicts (by key, with the [`Entry::stamp`] that put them there) stand
+/// on which object. Ordered, so that one object's verdicts are one range.
+type Dependents = Arc<Mutex<BTreeMap<(Dependency, Key), u64>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every change under these locks is a single insert or remove: a panic elsewhere
+    // cannot leave them half-changed, so a poisoned lock is still good to use.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// How long the cache remembers an object past the moment its tokens became invalid:
 /// well past the 10 s for which the API server answers "yes" from its own cache of
@@ -161,54 +223,26 @@ fn forget(dependents: &Dependents, key: &Key, entry: &Entry) {
     let Some(depends_on) = &entry.depends_on else {
         return;
     };
-    let mut dependents = dependents.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut dependents = lock(dependents);
     for dependency in depends_on.iter() {
-        if let Some(keys) = dependents.get_mut(dependency) {
-            keys.remove(key);
-            if keys.is_empty() {
-                dependents.remove(dependency);
-            }
+        let pair = (dependency.clone(), *key);
+        if dependents.get(&pair) == Some(&entry.stamp) {
+            dependents.remove(&pair);
         }
     }
 }
 
-/// What happens when the cache evicts an entry to make room: counted, and forgotten by
-/// the dependency index. (quick_cache calls this for a replaced value too, so
-/// [`VerdictCache::insert`] removes a key's old entry before it stores the new one.)
-#[derive(Clone)]
-struct Evictions {
-    kind: CacheKind,
-    metrics: Arc<Metrics>,
-    dependents: Dependents,
-}
+/// Expires each entry once its verdict's ttl has passed (the deadline itself is checked
+/// on every read, against the caller's clock).
+struct UntilDeadline;
 
-impl quick_cache::Lifecycle<Key, Entry> for Evictions {
-    type RequestState = ();
-
-    fn on_evict(&self, _: &mut (), key: Key, entry: Entry) {
-        self.metrics.cache_eviction(self.kind, EvictionCause::Size);
-        forget(&self.dependents, &key, &entry);
+impl moka::Expiry<Key, Entry> for UntilDeadline {
+    fn expire_after_create(&self, _: &Key, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(Duration::from_millis(entry.keep_millis.into()))
     }
 }
 
-/// quick_cache splits its capacity evenly between shards, and keys fill them unevenly
-/// (a shard's count varies by about the square root of its share): without room for
-/// that, a cache would evict before it holds `capacity` verdicts. Four standard
-/// deviations a shard: for a million entries in 8 shards, 1.1 % more.
-fn headroom(capacity: u64, shards: usize) -> u64 {
-    if shards <= 1 {
-        return 0;
-    }
-    (4.0 * (capacity as f64 * shards as f64).sqrt()) as u64
-}
-
-type Store = quick_cache::sync::Cache<
-    Key,
-    Entry,
-    quick_cache::UnitWeighter,
-    quick_cache::DefaultHashBuilder,
-    Evictions,
->;
+type Store = moka::sync::Cache<Key, Entry>;
 
 type Outcome = Result<Arc<Verdict>, UpstreamError>;
 type Pending = Shared<BoxFuture<'static, Outcome>>;
@@ -220,15 +254,14 @@ pub struct VerdictCache {
     negative: Store,
     in_flight: Mutex<HashMap<Key, Pending>>,
     dependents: Dependents,
-    metrics: Arc<Metrics>,
+    /// Numbers the inserts (see [`Entry::stamp`]).
+    stamps: AtomicU64,
     /// Whether the revocation watch is healthy (set by `revocation`).
     watch_healthy: AtomicBool,
     /// Counts revocations, so a fetch can tell one happened while it waited.
     revocations: AtomicU64,
-    /// Objects deleted or being deleted, by dependency (see [`VerdictCache::remember_revoked`]).
-    revoked: Mutex<HashMap<String, Revoked>>,
-    /// Counts revocations and clears once done (see [`VerdictCache::generation`]).
-    generation: AtomicU64,
+    /// Objects deleted or being deleted (see [`VerdictCache::remember_revoked`]).
+    revoked: Mutex<HashMap<Dependency, Revoked>>,
 }
 
 impl VerdictCache {
@@ -244,20 +277,21 @@ impl VerdictCache {
             hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("the OS random source works");
         let dependents = Dependents::default();
         let build = |capacity: u64, kind: CacheKind| {
-            let items = usize::try_from(capacity).unwrap_or(usize::MAX);
-            let store = Store::with(
-                items,
-                capacity,
-                quick_cache::UnitWeighter,
-                quick_cache::DefaultHashBuilder::default(),
-                Evictions {
-                    kind,
-                    metrics: Arc::clone(&metrics),
-                    dependents: Arc::clone(&dependents),
-                },
-            );
-            store.set_capacity(capacity.saturating_add(headroom(capacity, store.num_shards())));
-            store
+            let (metrics, dependents) = (Arc::clone(&metrics), Arc::clone(&dependents));
+            Store::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilDeadline)
+                .eviction_listener(move |key: Arc<Key>, entry: Entry, cause| {
+                    match cause {
+                        RemovalCause::Size => metrics.cache_eviction(kind, EvictionCause::Size),
+                        RemovalCause::Expired => {
+                            metrics.cache_eviction(kind, EvictionCause::Expired);
+                        }
+                        RemovalCause::Explicit | RemovalCause::Replaced => {}
+                    }
+                    forget(&dependents, &key, &entry);
+                })
+                .build()
         };
         VerdictCache {
             hmac_key,
@@ -265,11 +299,10 @@ impl VerdictCache {
             negative: build(cfg.negative_max_entries, CacheKind::Negative),
             in_flight: Mutex::new(HashMap::new()),
             dependents,
-            metrics,
+            stamps: AtomicU64::new(0),
             watch_healthy: AtomicBool::new(false),
             revocations: AtomicU64::new(0),
             revoked: Mutex::new(HashMap::new()),
-            generation: AtomicU64::new(0),
         }
     }
 
@@ -291,28 +324,11 @@ impl VerdictCache {
 
     /// The cached verdict for `key`, if there is one that is still valid at `now`.
     pub fn get(&self, key: &Key, now: SystemTime) -> Option<Arc<Verdict>> {
-        let (kind, store, entry) = match self.positive.get(key) {
-            Some(entry) => (CacheKind::Positive, &self.positive, entry),
-            None => (CacheKind::Negative, &self.negative, self.negative.get(key)?),
-        };
-        let now = millis(now);
-        if entry.deadline.is_live(now, self.is_watch_healthy()) {
-            return Some(entry.verdict);
-        }
-        if now >= entry.deadline.expires_at {
-            self.remove_expired(store, kind, key, now);
-        }
-        None
-    }
-
-    /// Removes the verdict of `key` from `store` if it is expired at `now` (in
-    /// [`millis`]) when the store's lock is taken: a fresh one may have replaced the
-    /// expired one the caller saw.
-    fn remove_expired(&self, store: &Store, kind: CacheKind, key: &Key, now: u64) {
-        if let Some((key, entry)) = store.remove_if(key, |e| now >= e.deadline.expires_at) {
-            self.metrics.cache_eviction(kind, EvictionCause::Expired);
-            forget(&self.dependents, &key, &entry);
-        }
+        let entry = self.positive.get(key).or_else(|| self.negative.get(key))?;
+        entry
+            .deadline
+            .is_live(millis(now), self.is_watch_healthy())
+            .then_some(entry.verdict)
     }
 
     /// Stores a fetched verdict (nothing when its ttl is zero).
@@ -327,79 +343,48 @@ impl VerdictCache {
                 capped_at: fetched.capped_at.map_or(u64::MAX, millis),
             },
             depends_on: (!fetched.depends_on.is_empty()).then(|| fetched.depends_on.clone().into()),
+            stamp: self.stamps.fetch_add(1, Ordering::Relaxed),
+            keep_millis: u32::try_from(fetched.ttl.as_millis()).unwrap_or(u32::MAX),
         };
-        // Whatever the key held goes first, taken out of the index: quick_cache reports a
-        // replaced value to the eviction hook, which would otherwise take the new
-        // entry's key out of the index after it was put in.
-        for store in [&self.positive, &self.negative] {
-            if let Some((key, old)) = store.remove(&key) {
-                forget(&self.dependents, &key, &old);
+        if let Some(depends_on) = &entry.depends_on {
+            let mut dependents = lock(&self.dependents);
+            for dependency in depends_on.iter() {
+                dependents.insert((dependency.clone(), key), entry.stamp);
             }
         }
-        if !fetched.depends_on.is_empty() {
-            let mut dependents = self
-                .dependents
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            for dependency in &fetched.depends_on {
-                dependents
-                    .entry(dependency.clone())
-                    .or_default()
-                    .insert(key);
-            }
-        }
-        let into = if fetched.verdict.authenticated {
-            &self.positive
+        let (into, other) = if fetched.verdict.authenticated {
+            (&self.positive, &self.negative)
         } else {
-            &self.negative
+            (&self.negative, &self.positive)
         };
+        other.invalidate(&key);
         into.insert(key, entry);
     }
 
-    /// The number of (positive, negative) verdicts held, expired ones not yet swept
-    /// included.
+    /// The number of (positive, negative) verdicts held.
     pub fn len(&self) -> (u64, u64) {
-        (self.positive.len() as u64, self.negative.len() as u64)
-    }
-
-    /// Drops every verdict expired at `now`, so the memory and the entry counts are those
-    /// of live verdicts. Unswept, an expired verdict is never served and is among the
-    /// first evicted; the gate sweeps every minute, on a thread of its own.
-    ///
-    /// One entry at a time, each under its shard's read lock, which lookups share:
-    /// quick_cache's `retain` holds each shard's write lock for its whole pass, and in a
-    /// cache of a million verdicts every lookup of a shard waited 2 ms on it, 86 ms when
-    /// half of them had expired.
-    pub fn sweep(&self, now: SystemTime) {
-        let now = millis(now);
-        for (store, kind) in [
-            (&self.positive, CacheKind::Positive),
-            (&self.negative, CacheKind::Negative),
-        ] {
-            for (key, entry) in store.iter() {
-                if now >= entry.deadline.expires_at {
-                    self.remove_expired(store, kind, &key, now);
-                }
-            }
-        }
+        // moka counts once its pending evictions and inserts are applied.
+        self.positive.run_pending_tasks();
+        self.negative.run_pending_tasks();
+        (self.positive.entry_count(), self.negative.entry_count())
     }
 
     /// Evicts every verdict that depends on `dependency` (an object that was deleted);
     /// returns how many.
-    pub fn revoke(&self, dependency: &str) -> usize {
+    pub fn revoke(&self, dependency: &Dependency) -> usize {
         self.revocations.fetch_add(1, Ordering::SeqCst);
-        let keys = self
-            .dependents
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(dependency)
-            .unwrap_or_default();
-        for key in &keys {
-            if let Some((key, entry)) = self.positive.remove(key) {
-                forget(&self.dependents, &key, &entry);
+        let keys: Vec<Key> = {
+            let mut dependents = lock(&self.dependents);
+            let range = (dependency.clone(), [0; 32])..=(dependency.clone(), [u8::MAX; 32]);
+            let keys: Vec<Key> = dependents.range(range).map(|((_, key), _)| *key).collect();
+            for key in &keys {
+                dependents.remove(&(dependency.clone(), *key));
             }
+            keys
+        };
+        for key in &keys {
+            self.positive.invalidate(key);
         }
-        self.generation.fetch_add(1, Ordering::SeqCst);
         keys.len()
     }
 
@@ -407,8 +392,13 @@ impl VerdictCache {
     /// [`REMEMBER_REVOKED`] after it (see [`VerdictCache::revoked`]). Returns whether this
     /// told something new: then the caller evicts the verdicts that depend on it, so that
     /// the next review is held to it.
-    pub fn remember_revoked(&self, dependency: &str, seen: Revoked, now: SystemTime) -> bool {
-        let mut known = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn remember_revoked(
+        &self,
+        dependency: &Dependency,
+        seen: Revoked,
+        now: SystemTime,
+    ) -> bool {
+        let mut known = lock(&self.revoked);
         known.retain(|_, r| r.first().is_some_and(|t| t + REMEMBER_REVOKED > now));
         let old = known.get(dependency).copied().unwrap_or_default();
         let earliest = |a: Option<SystemTime>, b: Option<SystemTime>| a.into_iter().chain(b).min();
@@ -419,13 +409,13 @@ impl VerdictCache {
         if merged == old {
             return false;
         }
-        known.insert(dependency.to_owned(), merged);
+        known.insert(dependency.clone(), merged);
         true
     }
 
     /// What is remembered of each of `dependencies`, with its index.
-    pub fn revoked(&self, dependencies: &[String]) -> Vec<(usize, Revoked)> {
-        let known = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn revoked(&self, dependencies: &[Dependency]) -> Vec<(usize, Revoked)> {
+        let known = lock(&self.revoked);
         dependencies
             .iter()
             .enumerate()
@@ -433,17 +423,16 @@ impl VerdictCache {
             .collect()
     }
 
-    /// The dependencies cached verdicts have that start with `prefix` (`pod:`…).
-    pub fn dependencies(&self, prefix: &str) -> Vec<String> {
-        let dependents = self
-            .dependents
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        dependents
+    /// The objects cached verdicts stand on that `which` selects, each once.
+    pub fn dependencies(&self, which: impl Fn(&Dependency) -> bool) -> Vec<Dependency> {
+        let mut out: Vec<Dependency> = lock(&self.dependents)
             .keys()
-            .filter(|d| d.starts_with(prefix))
+            .map(|(dependency, _)| dependency)
+            .filter(|d| which(d))
             .cloned()
-            .collect()
+            .collect();
+        out.dedup();
+        out
     }
 
     /// Tells the cache whether the revocation watch is healthy: while it is not,
@@ -459,35 +448,8 @@ impl VerdictCache {
 
     /// Drops every verdict (a policy change makes them stale).
     pub fn clear(&self) {
-        self.positive.clear();
-        self.negative.clear();
-        self.dependents
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-        self.generation.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// A number that changes after every revocation and clear, once the verdicts they
-    /// took out are gone. Whoever keeps a verdict's [`Deadline`] apart from the cache
-    /// reads it *before* looking the verdict up, and may trust the deadline only while
-    /// it stays the same: a verdict that a revocation or a clear took out afterwards
-    /// changes it.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
-    }
-
-    /// The deadline of the authenticated verdict cached for `key`, if one is live at
-    /// `now`.
-    pub fn live_deadline(&self, key: &Key, now: SystemTime) -> Option<Deadline> {
-        let deadline = self.positive.get(key)?.deadline;
-        self.is_live(deadline, now).then_some(deadline)
-    }
-
-    /// Whether a verdict with `deadline` may still be served at `now` (a cap past
-    /// `max_ttl` holds only while the revocation watch is healthy, as in the cache).
-    pub fn is_live(&self, deadline: Deadline, now: SystemTime) -> bool {
-        deadline.is_live(millis(now), self.is_watch_healthy())
+        self.positive.invalidate_all();
+        self.negative.invalidate_all();
     }
 
     /// Whether the cache holds no verdict.
@@ -503,12 +465,7 @@ impl VerdictCache {
         F: Future<Output = Result<Fetched, UpstreamError>> + Send + 'static,
     {
         let pending = {
-            // A panic elsewhere cannot leave the map inconsistent (every change is one
-            // insert or remove), so a poisoned lock is still good to use.
-            let mut in_flight = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut in_flight = lock(&self.in_flight);
             // Checked again under the lock: a fetch may have finished since the caller looked.
             if let Some(verdict) = self.get(&key, now) {
                 return Ok(verdict);
@@ -535,11 +492,16 @@ impl VerdictCache {
             let _done = InFlightGuard { cache: &cache, key };
             let revocations = cache.revocations.load(Ordering::SeqCst);
             let fetched = fetch.await?;
-            // An object may have been deleted while the API server answered: such a
-            // verdict is passed on but not kept, lest it outlive the object.
-            let revoked_meanwhile = cache.revocations.load(Ordering::SeqCst) != revocations;
-            if !revoked_meanwhile || fetched.depends_on.is_empty() {
+            // An object may have been deleted while the API server answered, or while
+            // the verdict was stored (a revocation looks the index up before the entry
+            // is in the cache): such a verdict is passed on but not kept, lest it
+            // outlive the object.
+            let revoked_meanwhile = || cache.revocations.load(Ordering::SeqCst) != revocations;
+            if fetched.depends_on.is_empty() || !revoked_meanwhile() {
                 cache.insert(key, &fetched);
+                if !fetched.depends_on.is_empty() && revoked_meanwhile() {
+                    cache.positive.invalidate(&key);
+                }
             }
             Ok(fetched.verdict)
         });
@@ -562,17 +524,12 @@ struct InFlightGuard<'a> {
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        let mut in_flight = self
-            .cache
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        in_flight.remove(&self.key);
+        lock(&self.cache.in_flight).remove(&self.key);
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -630,50 +587,6 @@ mod tests {
         cache.insert(key, &fetched(true, 60, now));
         assert!(cache.get(&key, now + Duration::from_secs(59)).is_some());
         assert!(cache.get(&key, now + Duration::from_secs(60)).is_none());
-    }
-
-    /// What a caller's connection relies on to remember its admission apart from the
-    /// cache (`Reviewer::admitted`).
-    #[test]
-    fn a_deadline_kept_apart_ends_with_the_verdict_and_a_revocation_or_clear_says_so() {
-        let cache = VerdictCache::new(&cfg(10, 10));
-        let now = SystemTime::now();
-        let (a, denied) = (
-            cache.key("a", &aud("vault"), Purpose::Caller),
-            cache.key("b", &aud("vault"), Purpose::Caller),
-        );
-        cache.insert(a, &tracked(600, now, &["pod:p"], Some(120)));
-        cache.insert(denied, &fetched(false, 600, now));
-        assert_eq!(
-            cache.live_deadline(&denied, now),
-            None,
-            "only a yes has one"
-        );
-        let deadline = cache.live_deadline(&a, now).expect("live");
-        // The max_ttl cap holds while the watch is unhealthy, the deadline always.
-        let later = now + Duration::from_secs(300);
-        assert!(!cache.is_live(deadline, later));
-        cache.set_watch_healthy(true);
-        assert!(cache.is_live(deadline, later));
-        assert!(!cache.is_live(deadline, now + Duration::from_secs(600)));
-        assert_eq!(
-            cache.live_deadline(&a, now + Duration::from_secs(600)),
-            None
-        );
-
-        let before = cache.generation();
-        assert_eq!(cache.revoke("pod:nobody"), 0);
-        let after_revoke = cache.generation();
-        assert_ne!(after_revoke, before, "any revocation changes it");
-        assert_eq!(cache.revoke("pod:p"), 1);
-        assert_ne!(cache.generation(), after_revoke);
-        let after = cache.generation();
-        cache.clear();
-        assert_ne!(cache.generation(), after, "a clear changes it");
-        let settled = cache.generation();
-        cache.insert(a, &fetched(true, 600, now));
-        cache.sweep(now + Duration::from_secs(900));
-        assert_eq!(cache.generation(), settled, "inserts and expiry do not");
     }
 
     #[test]
@@ -769,9 +682,23 @@ mod tests {
         assert!(cache.get(&key, now).is_some());
     }
 
+    /// `pod:NAME`, `serviceaccount:NAME` or `secret:NS/NAME`, a name standing for a UID.
+    pub(crate) fn dep(text: &str) -> Dependency {
+        match text.split_once(':') {
+            Some(("pod", uid)) => Dependency::Pod(Uid::of(uid)),
+            Some(("serviceaccount", uid)) => Dependency::ServiceAccount(Uid::of(uid)),
+            Some(("secret", name)) => Dependency::Secret(name.into()),
+            _ => panic!("not a dependency: {text}"),
+        }
+    }
+
+    fn pods(cache: &VerdictCache) -> Vec<Dependency> {
+        cache.dependencies(|d| matches!(d, Dependency::Pod(_)))
+    }
+
     fn tracked(ttl: u64, now: SystemTime, deps: &[&str], capped_after: Option<u64>) -> Fetched {
         let mut f = fetched(true, ttl, now);
-        f.depends_on = deps.iter().map(|d| d.to_string()).collect();
+        f.depends_on = deps.iter().map(|d| dep(d)).collect();
         f.capped_at = capped_after.map(|s| now + Duration::from_secs(s));
         f
     }
@@ -794,30 +721,41 @@ mod tests {
             &tracked(600, now, &["pod:p2", "serviceaccount:s1"], None),
         );
         cache.insert(c, &tracked(600, now, &[], None));
-        let mut pods = cache.dependencies("pod:");
-        pods.sort();
-        assert_eq!(pods, ["pod:p1", "pod:p2"]);
-        assert_eq!(cache.revoke("pod:p1"), 1);
+        let mut expected = [dep("pod:p1"), dep("pod:p2")];
+        expected.sort();
+        assert_eq!(pods(&cache), expected);
+        assert_eq!(cache.revoke(&dep("pod:p1")), 1);
         assert!(cache.get(&a, now).is_none());
         assert!(cache.get(&b, now).is_some() && cache.get(&c, now).is_some());
-        assert_eq!(cache.revoke("serviceaccount:s1"), 1, "a is gone already");
+        assert_eq!(
+            cache.revoke(&dep("serviceaccount:s1")),
+            1,
+            "a is gone already"
+        );
         assert!(cache.get(&b, now).is_none());
-        assert_eq!(cache.revoke("pod:nobody"), 0);
+        assert_eq!(cache.revoke(&dep("pod:nobody")), 0);
+        assert!(pods(&cache).is_empty(), "b's pod left the index with b");
     }
 
     #[test]
-    fn sweeping_drops_expired_verdicts_and_their_place_in_the_dependency_index() {
+    fn expired_verdicts_leave_the_cache_and_their_place_in_the_dependency_index() {
         let cache = VerdictCache::new(&cfg(10, 10));
         let now = SystemTime::now();
         let (a, b) = (
             cache.key("a", &aud("vault"), Purpose::Review),
             cache.key("b", &aud("vault"), Purpose::Review),
         );
-        cache.insert(a, &tracked(60, now, &["pod:p1"], None));
+        let mut brief = tracked(600, now, &["pod:p1"], None);
+        brief.ttl = Duration::from_millis(20);
+        cache.insert(a, &brief);
         cache.insert(b, &tracked(600, now, &["pod:p2"], None));
-        cache.sweep(now + Duration::from_secs(120));
-        assert_eq!(cache.len(), (1, 0));
-        assert_eq!(cache.dependencies("pod:"), ["pod:p2"]);
+        // moka's clock is the system's own: its expiry can only be waited for.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while cache.len() != (1, 0) {
+            assert!(std::time::Instant::now() < deadline, "{:?}", cache.len());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(pods(&cache), [dep("pod:p2")]);
         assert!(cache.get(&b, now).is_some());
     }
 
@@ -831,7 +769,7 @@ mod tests {
         }
         let (held, _) = cache.len();
         assert!(held < 200, "{held} held");
-        assert_eq!(cache.dependencies("pod:").len() as u64, held);
+        assert_eq!(pods(&cache).len() as u64, held);
     }
 
     #[test]
@@ -842,8 +780,8 @@ mod tests {
         cache.insert(key, &tracked(600, now, &["pod:p"], None));
         // Fetched again (say, after its max_ttl cap while the watch was down).
         cache.insert(key, &tracked(600, now, &["pod:p"], None));
-        assert_eq!(cache.dependencies("pod:"), ["pod:p"]);
-        assert_eq!(cache.revoke("pod:p"), 1);
+        assert_eq!(pods(&cache), [dep("pod:p")]);
+        assert_eq!(cache.revoke(&dep("pod:p")), 1);
         assert!(cache.get(&key, now).is_none());
     }
 
@@ -891,7 +829,7 @@ mod tests {
         while cache.in_flight.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
         }
-        cache.revoke("pod:p");
+        cache.revoke(&dep("pod:p"));
         answer.send(()).unwrap();
         assert!(pending.await.unwrap().unwrap().authenticated);
         assert!(cache.get(&key, now).is_none());

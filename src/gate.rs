@@ -193,9 +193,6 @@ pub async fn build_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<
     })
 }
 
-/// How often expired verdicts are dropped from the cache.
-const CACHE_SWEEP_EVERY: Duration = Duration::from_secs(60);
-
 /// Serves the gate on `listener` until `shutdown` completes, then drains: `/readyz`
 /// answers 503 at once, the listener closes after `shutdown_delay`, and requests in
 /// progress get `shutdown_grace` to finish. Until the API server has answered once, a
@@ -224,21 +221,6 @@ pub async fn run(
             tokio::select! {
                 () = reviewer.upstream().probe_until_ready(Duration::from_secs(5)) => {}
                 _ = stopped.wait_for(|s| *s) => {}
-            }
-        }
-    });
-    let sweep = tokio::spawn({
-        let reviewer = Arc::clone(&state.reviewer);
-        async move {
-            let mut every = tokio::time::interval(CACHE_SWEEP_EVERY);
-            loop {
-                every.tick().await;
-                // Off the request workers: sweeping a million verdicts takes about 40 ms,
-                // and half a second when half of them have expired.
-                let reviewer = Arc::clone(&reviewer);
-                if let Err(e) = tokio::task::spawn_blocking(move || reviewer.sweep_cache()).await {
-                    tracing::error!(error = %e, "the cache sweep failed");
-                }
             }
         }
     });
@@ -271,7 +253,6 @@ pub async fn run(
         }
     };
     probe.abort();
-    sweep.abort();
     for task in [key_refresh, revocation].into_iter().flatten() {
         task.abort();
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 
-use crate::cache::{Fetched, Purpose, Verdict, VerdictCache};
+use crate::cache::{Dependency, Fetched, Purpose, Uid, Verdict, VerdictCache};
 use crate::config::{self, Config, OnUnavailable, UnknownKid};
 use crate::keys::{Keys, Verification};
 use crate::metrics::{Metrics, RejectionClass};
@@ -281,11 +281,6 @@ impl Reviewer {
     /// The verdict cache.
     pub fn cache(&self) -> &Arc<VerdictCache> {
         &self.cache
-    }
-
-    /// Drops the verdicts expired by now (the gate does so every minute).
-    pub fn sweep_cache(&self) {
-        self.cache.sweep(self.clock.now());
     }
 
     /// The time by the gate's clock. A request reads it once and is judged at it
@@ -658,17 +653,19 @@ fn hold_to_revocations(
 /// What the API server answers for a token bound to an object that is `gone` or past its
 /// deletion leeway (`pkg/serviceaccount/claims.go`, and `legacy.go` for a `legacy`
 /// token), for the service account `username`.
-fn revoked_error(dependency: &str, gone: bool, username: &str, legacy: bool) -> String {
-    let account = username.strip_prefix("system:serviceaccount:");
-    let reason = match account.and_then(|a| a.split_once(':')) {
-        _ if legacy && dependency.starts_with("secret:") => "Token has been invalidated".to_owned(),
-        Some((_, name)) if dependency.starts_with("serviceaccount:") && gone => {
+fn revoked_error(dependency: &Dependency, gone: bool, username: &str, legacy: bool) -> String {
+    let account = username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|a| a.split_once(':'));
+    let reason = match (dependency, account) {
+        (Dependency::Secret(_), _) if legacy => "Token has been invalidated".to_owned(),
+        (Dependency::ServiceAccount(_), Some((_, name))) if gone => {
             format!("serviceaccounts \"{name}\" not found")
         }
-        Some((ns, name)) if dependency.starts_with("serviceaccount:") && legacy => {
+        (Dependency::ServiceAccount(_), Some((ns, name))) if legacy => {
             format!("ServiceAccount {ns}/{name} has been deleted")
         }
-        Some((ns, name)) if dependency.starts_with("serviceaccount:") => {
+        (Dependency::ServiceAccount(_), Some((ns, name))) => {
             format!("service account {ns}/{name} has been deleted")
         }
         _ => "service account token has been invalidated".to_owned(),
@@ -679,24 +676,26 @@ fn revoked_error(dependency: &str, gone: bool, username: &str, legacy: bool) -> 
 /// The objects a verdict stands on, as the revocation watch names them: the service
 /// account and the bound pod the API server's answer names (no token is parsed again),
 /// and a legacy token's Secret.
-fn dependencies(verdict: &Verdict, e: &Expectation) -> Vec<String> {
+fn dependencies(verdict: &Verdict, e: &Expectation) -> Vec<Dependency> {
     let mut out = Vec::new();
     let Some(user) = verdict.user.as_ref().filter(|_| verdict.authenticated) else {
         return out;
     };
     let is_service_account = user.username().starts_with("system:serviceaccount:");
     if is_service_account && !user.uid().is_empty() {
-        out.push(format!("serviceaccount:{}", user.uid()));
+        out.push(Dependency::ServiceAccount(Uid::of(user.uid())));
     }
     if let Some(pods) = user.extra().get("authentication.kubernetes.io/pod-uid") {
-        out.extend(pods.map(|uid| format!("pod:{uid}")));
+        out.extend(pods.map(|uid| Dependency::Pod(Uid::of(uid))));
     }
     // A legacy token's Secret, or the Secret a projected token is bound to (the answer
     // does not name it: the claims do).
     if let Some((t, _)) = e.token.as_ref()
         && let Some(secret) = &t.claims.secret
     {
-        out.push(format!("secret:{}/{}", t.claims.namespace, secret.name));
+        out.push(Dependency::Secret(
+            format!("{}/{}", t.claims.namespace, secret.name).into(),
+        ));
     }
     out
 }
@@ -778,6 +777,10 @@ mod tests {
         v.iter().map(|x| x.to_string()).collect()
     }
 
+    fn deps(v: &[&str]) -> Vec<Dependency> {
+        v.iter().map(|d| crate::cache::tests::dep(d)).collect()
+    }
+
     /// A "yes" of service account `apps/web` bound to pod `p`, kept 600 s from `now`.
     fn bound_yes(now: SystemTime) -> Fetched {
         let user = UserInfo {
@@ -795,7 +798,7 @@ mod tests {
             now + Duration::from_secs(600),
             Duration::from_secs(600),
         );
-        f.depends_on = s(&["serviceaccount:s", "pod:p"]);
+        f.depends_on = deps(&["serviceaccount:s", "pod:p"]);
         f
     }
 
@@ -819,7 +822,7 @@ mod tests {
             deleting_since: Some(now - Duration::from_secs(30)),
             ..Revoked::default()
         };
-        assert!(cache.remember_revoked("pod:p", terminating, now));
+        assert!(cache.remember_revoked(&crate::cache::tests::dep("pod:p"), terminating, now));
         let held = hold(false, now);
         assert!(held.verdict.authenticated);
         assert_eq!(held.expires_at, now + Duration::from_secs(30));
@@ -840,16 +843,20 @@ mod tests {
             gone_at: Some(now),
             ..Revoked::default()
         };
-        assert!(cache.remember_revoked("serviceaccount:s", gone, now));
+        assert!(cache.remember_revoked(&crate::cache::tests::dep("serviceaccount:s"), gone, now));
         assert_eq!(
             hold(false, now).verdict.error,
             r#"[invalid bearer token, serviceaccounts "web" not found]"#
         );
         // Nothing new: nothing to evict; after REMEMBER_REVOKED it is forgotten.
-        assert!(!cache.remember_revoked("serviceaccount:s", gone, now));
+        assert!(!cache.remember_revoked(&crate::cache::tests::dep("serviceaccount:s"), gone, now));
         let much_later = now + REMEMBER_REVOKED + Duration::from_secs(1);
-        assert!(cache.remember_revoked("pod:other", gone, much_later));
-        assert!(cache.revoked(&s(&["serviceaccount:s", "pod:p"])).is_empty());
+        assert!(cache.remember_revoked(&crate::cache::tests::dep("pod:other"), gone, much_later));
+        assert!(
+            cache
+                .revoked(&deps(&["serviceaccount:s", "pod:p"]))
+                .is_empty()
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use crate::cache::{Revoked, VerdictCache};
+use crate::cache::{Dependency, Revoked, Uid, VerdictCache};
 use crate::config::{self, UpstreamSource};
 use crate::metrics::Metrics;
 
@@ -60,27 +60,25 @@ impl Watched {
         }
     }
 
-    /// The prefix of the dependencies it revokes (see `cache::Fetched::depends_on`).
-    fn prefix(self) -> &'static str {
-        match self {
-            Watched::Pods => "pod:",
-            Watched::ServiceAccounts => "serviceaccount:",
-            Watched::Secrets => "secret:",
-        }
+    /// Whether `dependency` is an object of this resource.
+    fn covers(self, dependency: &Dependency) -> bool {
+        matches!(
+            (self, dependency),
+            (Watched::Pods, Dependency::Pod(_))
+                | (Watched::ServiceAccounts, Dependency::ServiceAccount(_))
+                | (Watched::Secrets, Dependency::Secret(_))
+        )
     }
 
     /// The dependency an object of this resource stands for.
-    fn dependency<K: Resource>(self, object: &PartialObjectMeta<K>) -> Option<String> {
+    fn dependency<K: Resource>(self, object: &PartialObjectMeta<K>) -> Option<Dependency> {
         let meta = &object.metadata;
+        let uid = meta.uid.as_deref().map(Uid::of);
         match self {
-            Watched::Pods | Watched::ServiceAccounts => meta
-                .uid
-                .as_ref()
-                .map(|uid| format!("{}{uid}", self.prefix())),
-            Watched::Secrets => Some(format!(
-                "secret:{}/{}",
-                meta.namespace.as_deref()?,
-                meta.name.as_deref()?
+            Watched::Pods => uid.map(Dependency::Pod),
+            Watched::ServiceAccounts => uid.map(Dependency::ServiceAccount),
+            Watched::Secrets => Some(Dependency::Secret(
+                format!("{}/{}", meta.namespace.as_deref()?, meta.name.as_deref()?).into(),
             )),
         }
     }
@@ -180,7 +178,7 @@ impl Watch {
     }
 
     /// `dependency` is gone: its verdicts go now, and a "yes" for it is not believed.
-    fn gone(&self, dependency: &str, why: &str) {
+    fn gone(&self, dependency: &Dependency, why: &str) {
         let now = SystemTime::now();
         let seen = Revoked {
             gone_at: Some(now),
@@ -193,7 +191,7 @@ impl Watch {
     /// `dependency` is being deleted since `deletion`. Its verdicts go now, so that the
     /// next review asks again and is held to the API server's rule for its token (valid
     /// a while longer, or not at all).
-    fn being_deleted(&self, dependency: &str, deletion: SystemTime) {
+    fn being_deleted(&self, dependency: &Dependency, deletion: SystemTime) {
         let now = SystemTime::now();
         let seen = Revoked {
             deleting_since: Some(deletion),
@@ -204,7 +202,7 @@ impl Watch {
         }
     }
 
-    fn revoke(&self, dependency: &str, why: &str) {
+    fn revoke(&self, dependency: &Dependency, why: &str) {
         let evicted = self.cache.revoke(dependency);
         if evicted > 0 {
             self.metrics.revocation_evictions(evicted);
@@ -252,7 +250,7 @@ impl Watch {
         // Metadata only: Secret contents never reach the gate.
         let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
         futures::pin_mut!(stream);
-        let mut listed: HashSet<String> = HashSet::new();
+        let mut listed: HashSet<Dependency> = HashSet::new();
         let mut reported = false;
         while let Some(event) = stream.next().await {
             match event {
@@ -266,7 +264,7 @@ impl Watch {
                 Ok(Event::InitDone) => {
                     // Whatever a verdict depends on that the list did not show was deleted
                     // while the watch was not looking.
-                    for dependency in self.cache.dependencies(which.prefix()) {
+                    for dependency in self.cache.dependencies(|d| which.covers(d)) {
                         if !listed.contains(&dependency) {
                             self.gone(&dependency, "gone at re-list");
                         }
@@ -315,7 +313,7 @@ impl Watch {
     }
 
     /// Follows `object`'s `deletionTimestamp`, if it has one.
-    fn deleting<K: Resource>(&self, object: &PartialObjectMeta<K>, dependency: &str) {
+    fn deleting<K: Resource>(&self, object: &PartialObjectMeta<K>, dependency: &Dependency) {
         if let Some(time) = &object.metadata.deletion_timestamp {
             self.being_deleted(dependency, SystemTime::from(time.0));
         }

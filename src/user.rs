@@ -20,9 +20,9 @@ use k8s_openapi::api::authentication::v1::UserInfo;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
 /// Identities kept for sharing; a cluster's service accounts rarely number more.
-const IDENTITIES_KEPT: usize = 65_536;
+const IDENTITIES_KEPT: u64 = 65_536;
 /// Audience lists kept for sharing (each names a backend).
-const AUDIENCES_KEPT: usize = 1_024;
+const AUDIENCES_KEPT: u64 = 1_024;
 
 /// The parts of a user that every token of one service account shares.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -35,15 +35,13 @@ struct Identity {
     plain: bool,
 }
 
-type Interned<T> = LazyLock<quick_cache::sync::Cache<Arc<T>, Arc<T>>>;
+type Interned<T> = LazyLock<moka::sync::Cache<Arc<T>, Arc<T>>>;
 
-static IDENTITIES: Interned<Identity> =
-    LazyLock::new(|| quick_cache::sync::Cache::new(IDENTITIES_KEPT));
-static AUDIENCES: Interned<[String]> =
-    LazyLock::new(|| quick_cache::sync::Cache::new(AUDIENCES_KEPT));
+static IDENTITIES: Interned<Identity> = LazyLock::new(|| moka::sync::Cache::new(IDENTITIES_KEPT));
+static AUDIENCES: Interned<[String]> = LazyLock::new(|| moka::sync::Cache::new(AUDIENCES_KEPT));
 
 /// The shared copy of `value`, made from it when there is none.
-fn intern<T: ?Sized + Eq + Hash>(
+fn intern<T: ?Sized + Eq + Hash + Send + Sync + 'static>(
     table: &Interned<T>,
     value: &T,
     make: impl FnOnce() -> Arc<T>,

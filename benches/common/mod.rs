@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::authentication::v1::TokenReviewStatus;
-use tokengate::cache::Verdict;
+use tokengate::cache::{Dependency, Uid, Verdict};
 use tokengate::sim::{MintRequest, Sim};
 
 /// The audience the benches' tokens are minted for and reviewed against.
@@ -128,10 +128,10 @@ pub fn forged_copy(token: &str, n: usize) -> String {
 
 /// The objects the `i`-th verdict depends on, as `review::dependencies` names them with
 /// the revocation watch on: its service account and its pod (UIDs as in [`status_json`]).
-pub fn dependencies(i: usize) -> Vec<String> {
+pub fn dependencies(i: usize) -> Vec<Dependency> {
     vec![
-        format!("serviceaccount:5f0c1a2e-8d3b-4c6a-9e71-{:012x}", i % 10),
-        format!("pod:a3e4b1c9-2f6d-4e8a-b5c7-{i:012x}"),
+        Dependency::ServiceAccount(Uid::of(&format!("5f0c1a2e-8d3b-4c6a-9e71-{:012x}", i % 10))),
+        Dependency::Pod(Uid::of(&format!("a3e4b1c9-2f6d-4e8a-b5c7-{i:012x}"))),
     ]
 }
 

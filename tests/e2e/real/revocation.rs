@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokengate::cache::{Dependency, Uid};
 
 use super::*;
 use crate::support::{TestClock, authenticated, error, eventually};
@@ -159,7 +160,7 @@ async fn a_terminating_pods_token_is_valid_until_its_deletion_timestamp_plus_the
         .await;
     let deletion = plane.deletion_timestamp("terminating", "web-0").await;
     let cache = gate.state.reviewer.cache();
-    let dependency = [format!("pod:{pod}")];
+    let dependency = [Dependency::Pod(Uid::of(&pod))];
     eventually(
         Duration::from_secs(5),
         "the watch sees the deletion begin",
