@@ -231,7 +231,6 @@ async fn shutdown_signal() {
 
 /// GETs a JWKS document (the token is not part of the request).
 async fn fetch_jwks(url: &str, cacert: Option<&Path>) -> anyhow::Result<Vec<u8>> {
-    use http_body_util::BodyExt as _;
     let mut roots = rustls::RootCertStore::empty();
     if let Some(path) = cacert {
         let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -248,16 +247,12 @@ async fn fetch_jwks(url: &str, cacert: Option<&Path>) -> anyhow::Result<Vec<u8>>
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector);
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()?;
     let response = client
-        .get(url.parse().with_context(|| format!("{url} is not a URL"))?)
+        .get(url)
+        .send()
         .await
         .with_context(|| format!("cannot fetch {url}"))?;
     anyhow::ensure!(
@@ -265,7 +260,7 @@ async fn fetch_jwks(url: &str, cacert: Option<&Path>) -> anyhow::Result<Vec<u8>>
         "{url} answered {}",
         response.status()
     );
-    Ok(response.into_body().collect().await?.to_bytes().to_vec())
+    Ok(response.bytes().await?.to_vec())
 }
 
 async fn sim(listen: SocketAddr, out: Option<PathBuf>, tls: bool) -> anyhow::Result<Exit> {

@@ -19,12 +19,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
-use http::{HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt as _, Limited};
 use k8s_openapi::api::authentication::v1::{
     TokenReview, TokenReviewSpec, TokenReviewStatus, UserInfo,
 };
@@ -146,10 +142,10 @@ pub enum BuildError {
 
 /// The API-server client. Cheap to share behind an `Arc`.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: reqwest::Client,
     base: String,
-    review_uri: Uri,
-    access_review_uri: Uri,
+    review_uri: reqwest::Url,
+    access_review_uri: reqwest::Url,
     credential: Credential,
     limit: Arc<Semaphore>,
     max_in_flight: usize,
@@ -191,12 +187,12 @@ impl Upstream {
             }
         };
         let endpoint = |path: &str| {
-            format!("{}{path}", base.trim_end_matches('/'))
-                .parse::<Uri>()
-                .map_err(|e| BuildError::Kubeconfig {
+            reqwest::Url::parse(&format!("{}{path}", base.trim_end_matches('/'))).map_err(|e| {
+                BuildError::Kubeconfig {
                     path: PathBuf::new(),
                     message: format!("the API server URL {base} is not usable: {e}"),
-                })
+                }
+            })
         };
         let review_uri = endpoint("/apis/authentication.k8s.io/v1/tokenreviews")?;
         let access_review_uri = endpoint("/apis/authorization.k8s.io/v1/subjectaccessreviews")?;
@@ -213,18 +209,20 @@ impl Upstream {
         .expect("ring supports TLS 1.2 and 1.3")
         .with_root_certificates(root_store)
         .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .http1_only()
+            .tcp_nodelay(true)
+            .connect_timeout(cfg.timeout)
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+            // The API server's answers are read as they come; a redirect is not one.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .map_err(|e| BuildError::Kubeconfig {
+                path: PathBuf::new(),
+                message: format!("cannot build the API server client: {}", describe(&e)),
+            })?;
         Ok(Upstream {
             client,
             base: base.trim_end_matches('/').to_string(),
@@ -346,7 +344,12 @@ impl Upstream {
 
     /// POSTs `body` to `uri` under the in-flight bound and the time budget, retrying what
     /// is retryable and re-reading the credential once on a 401; returns the answer's body.
-    async fn call(&self, call: Call, uri: &Uri, body: Bytes) -> Result<Bytes, UpstreamError> {
+    async fn call(
+        &self,
+        call: Call,
+        uri: &reqwest::Url,
+        body: Bytes,
+    ) -> Result<Bytes, UpstreamError> {
         let post = Ask {
             method: Method::POST,
             accept: JSON,
@@ -364,7 +367,7 @@ impl Upstream {
         path: &str,
         media_type: &'static str,
     ) -> Result<(Bytes, Option<Duration>), UpstreamError> {
-        let uri: Uri = format!("{}{path}", self.base).parse().map_err(|e| {
+        let uri = reqwest::Url::parse(&format!("{}{path}", self.base)).map_err(|e| {
             UpstreamError::BadResponse(format!("cannot form a URL for {path}: {e}"))
         })?;
         let get = Ask {
@@ -379,7 +382,7 @@ impl Upstream {
         &self,
         call: Call,
         how: &Ask,
-        uri: &Uri,
+        uri: &reqwest::Url,
         body: Bytes,
     ) -> Result<Reply, UpstreamError> {
         let started = Instant::now();
@@ -395,7 +398,7 @@ impl Upstream {
     async fn call_with_retries(
         &self,
         how: &Ask,
-        uri: &Uri,
+        uri: &reqwest::Url,
         body: Bytes,
     ) -> Result<Reply, UpstreamError> {
         let _permit = self
@@ -433,19 +436,23 @@ impl Upstream {
         }
     }
 
-    async fn send(&self, how: &Ask, uri: &Uri, body: Bytes) -> Result<Answer, UpstreamError> {
-        let mut request = Request::builder()
-            .method(how.method.clone())
-            .uri(uri.clone())
+    async fn send(
+        &self,
+        how: &Ask,
+        uri: &reqwest::Url,
+        body: Bytes,
+    ) -> Result<Answer, UpstreamError> {
+        let mut request = self
+            .client
+            .request(how.method.clone(), uri.clone())
             .header(CONTENT_TYPE, JSON)
             .header(ACCEPT, how.accept)
             .header(USER_AGENT, concat!("tokengate/", env!("CARGO_PKG_VERSION")))
-            .body(Full::new(body))
-            .expect("a request of valid parts");
+            .body(body);
         if let Some(value) = self.credential.header() {
-            request.headers_mut().insert(AUTHORIZATION, value);
+            request = request.header(AUTHORIZATION, value);
         }
-        let response = match self.client.request(request).await {
+        let response = match request.send().await {
             Ok(r) => r,
             Err(e) if is_connection_reset(&e) => {
                 return Ok(Answer::Retryable(
@@ -477,10 +484,8 @@ impl Upstream {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_none_or(|v| v.contains("json"));
-        let bytes = match Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-        {
+        let body = http::Response::from(response).into_body();
+        let bytes = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 let message = format!("reading the answer failed: {e}");
@@ -572,7 +577,7 @@ fn status_message(bytes: &[u8]) -> String {
         .unwrap_or_else(|| "no Status message".into())
 }
 
-fn is_connection_reset(e: &hyper_util::client::legacy::Error) -> bool {
+fn is_connection_reset(e: &reqwest::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(h) = err.downcast_ref::<hyper::Error>()
