@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tokengate::cache::{Fetched, Purpose, Verdict, VerdictCache};
+use tokengate::cache::{Fetched, Purpose, VerdictCache};
 use tokengate::config;
 use tokengate::http;
 use tokengate::keys::{KeySet, Verification};
 use tokengate::sim::{Sim, SimOptions};
 use tokengate::token::{self, Classified};
+use tokengate::verdict::Verdict;
 use tokengate::wire::{self, ReviewSpec};
 
 use common::{AUDIENCE, REVIEW_V1, Workloads};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::config::{Access, AccessMode};
 use crate::upstream::{Upstream, UpstreamError};
-use crate::user::User;
+use crate::verdict::User;
 
 /// Callers kept in the SubjectAccessReview answer cache at most.
 const MAX_CACHED_CALLERS: u64 = 10_000;

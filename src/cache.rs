@@ -31,34 +31,10 @@ use ring::hmac;
 use crate::config;
 use crate::metrics::{CacheKind, EvictionCause, Metrics};
 use crate::upstream::UpstreamError;
-use crate::user::User;
+use crate::verdict::Verdict;
 
 /// A cache key: HMAC-SHA256 of the token, the audiences and the purpose.
 pub type Key = [u8; 32];
-
-/// What a review concluded. Shared, immutable; a cache hit is an `Arc` clone.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Verdict {
-    /// Whether the token is valid for the requested audiences.
-    pub authenticated: bool,
-    /// Whose token it is, as the API server said (only when authenticated).
-    pub user: Option<User>,
-    /// The audiences the token is valid for, as the API server said (shared between
-    /// verdicts: see `user::audiences`).
-    pub audiences: Arc<[String]>,
-    /// Why not (only when not authenticated); never contains the token.
-    pub error: String,
-}
-
-impl Verdict {
-    /// A "no" with a reason.
-    pub fn denied(error: impl Into<String>) -> Verdict {
-        Verdict {
-            error: error.into(),
-            ..Verdict::default()
-        }
-    }
-}
 
 /// Which question a key answers. The same token and audiences asked for different
 /// purposes must never share a verdict, as the policies differ.

@@ -24,7 +24,6 @@ pub mod cli;
 pub mod config;
 pub mod gate;
 pub mod http;
-pub mod ingress;
 pub mod keys;
 pub mod metrics;
 pub mod reload;
@@ -34,10 +33,11 @@ pub mod sim;
 pub mod tls;
 pub mod token;
 pub mod upstream;
-pub mod user;
+pub mod verdict;
 pub mod wire;
 
-pub use gate::{AppState, BuildError, Gate, build, build_with_clock, run};
+pub use gate::{BuildError, Gate, build, build_with_clock, run};
+pub use http::AppState;
 pub use http::router;
 
 /// mimalloc, not the system allocator, for every program built on this crate (the

@@ -69,17 +69,11 @@ label_enum! {
     }
 }
 
-label_enum! {
-    /// Where a decision came from, as a label value.
-    pub enum Source {
-        /// The local checks rejected the token.
-        Local = "local",
-        /// The cache.
-        Cache = "cache",
-        /// The API server.
-        Upstream = "upstream",
-        /// The token's verified claims, while the API server could not be reached.
-        Offline = "offline",
+pub use crate::verdict::Source;
+
+impl EncodeLabelValue for Source {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
     }
 }
 
@@ -210,7 +204,7 @@ pub struct Metrics {
     /// of their labels, taken from the family once: a lookup there hashes the labels
     /// under a lock shared by every worker.
     request_counters: [OnceLock<Counter>; Endpoint::COUNT * Outcome::COUNT],
-    decision_counters: [OnceLock<Counter>; Source::COUNT],
+    decision_counters: [OnceLock<Counter>; Source::ALL.len()],
     local_rejections: Family<ReasonLabels, Counter>,
     cache_entries: Family<CacheLabels, Gauge>,
     cache_evictions: Family<EvictionLabels, Counter>,

@@ -16,13 +16,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 
-use crate::cache::{Dependency, Fetched, Purpose, Uid, Verdict, VerdictCache};
+use crate::cache::{Dependency, Fetched, Purpose, Uid, VerdictCache};
 use crate::config::{self, Config, OnUnavailable, UnknownKid};
 use crate::keys::{Keys, Verification};
 use crate::metrics::{Metrics, RejectionClass};
 use crate::token::{self, Classified, Kind, Rejection, ServiceAccountToken};
 use crate::upstream::{Upstream, UpstreamError};
-use crate::user::{self, User};
+use crate::verdict::{self, Decision, Fingerprint, OFFLINE_EXTRA, Source, User, Verdict};
 
 /// Where time comes from. Injected so tests can move it.
 pub trait Clock: Send + Sync {
@@ -38,39 +38,6 @@ impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
-}
-
-/// Where a decision came from (for logs and metrics).
-pub use crate::metrics::Source;
-
-/// A verdict and where it came from.
-#[derive(Debug, Clone)]
-pub struct Decision {
-    /// The verdict.
-    pub verdict: Arc<Verdict>,
-    /// Where it came from.
-    pub source: Source,
-    /// A short, per-process hash of the token and audiences, to correlate log lines
-    /// (never the token).
-    pub fingerprint: Fingerprint,
-}
-
-/// Eight hex digits of the cache key: enough to tell requests apart in a log, nothing
-/// that leads back to the token (the key is a keyed hash under a per-process secret).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint([u8; 4]);
-
-impl std::fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-fn fingerprint(key: &crate::cache::Key) -> Fingerprint {
-    Fingerprint([key[0], key[1], key[2], key[3]])
 }
 
 /// The verdict the API server would give a service-account token whose signature,
@@ -116,14 +83,10 @@ fn offline_verdict(e: &Expectation) -> Option<Verdict> {
             ]),
             extra: Some(extra),
         })),
-        audiences: user::audiences(audiences.clone()),
+        audiences: verdict::audiences(audiences.clone()),
         error: String::new(),
     })
 }
-
-/// The extra key that marks a verdict decided from the token's claims while the API
-/// server could not be reached.
-pub const OFFLINE_EXTRA: &str = "tokengate.io/decided-offline";
 
 /// A local rejection's class, as a metric label.
 fn class(rejection: &Rejection) -> RejectionClass {
@@ -240,7 +203,7 @@ impl Reviewer {
     ) -> Decision {
         self.metrics.decision(Source::Local);
         self.metrics.local_rejection(class);
-        tracing::debug!(fingerprint = %fingerprint(&key), reason = %verdict.error, "token rejected locally");
+        tracing::debug!(fingerprint = %Fingerprint::of(&key), reason = %verdict.error, "token rejected locally");
         let verdict = Arc::new(verdict);
         if let Some((now, ttl)) = keep {
             self.cache
@@ -249,7 +212,7 @@ impl Reviewer {
         Decision {
             verdict,
             source: Source::Local,
-            fingerprint: fingerprint(&key),
+            fingerprint: Fingerprint::of(&key),
         }
     }
 
@@ -339,7 +302,7 @@ impl Reviewer {
             return Ok(Decision {
                 verdict,
                 source: Source::Cache,
-                fingerprint: fingerprint(&key),
+                fingerprint: Fingerprint::of(&key),
             });
         }
         Box::pin(self.decide_afresh(token, audiences, purpose, key, now)).await
@@ -367,7 +330,7 @@ impl Reviewer {
                     Rejection::NotYetValid { .. } | Rejection::IssuedInTheFuture { .. }
                 );
                 let keep = (!not_yet).then_some((now, settings.lifetimes.negative_ttl));
-                tracing::debug!(fingerprint = %fingerprint(&key), reason = %rejection, "token rejected locally");
+                tracing::debug!(fingerprint = %Fingerprint::of(&key), reason = %rejection, "token rejected locally");
                 let verdict = Verdict::denied(rejection.status_error());
                 return Ok(self.local_rejection(key, verdict, class(&rejection), keep));
             }
@@ -378,7 +341,7 @@ impl Reviewer {
                 Verification::Invalid(reason) => {
                     // A forged token stays forged: keep the answer, so it costs no
                     // signature check the next time either.
-                    tracing::debug!(fingerprint = %fingerprint(&key), %reason, "token rejected locally");
+                    tracing::debug!(fingerprint = %Fingerprint::of(&key), %reason, "token rejected locally");
                     let ttl = settings.lifetimes.negative_ttl;
                     let verdict = Verdict::denied(token::wrapped(token::CRYPTO_FAILURE));
                     return Ok(self.local_rejection(
@@ -389,7 +352,7 @@ impl Reviewer {
                     ));
                 }
                 Verification::UnknownKey(reason) if settings.unknown_kid == UnknownKid::Reject => {
-                    tracing::debug!(fingerprint = %fingerprint(&key), %reason, "token rejected locally (verify.unknown_kid = \"forward\" lets the API server decide)");
+                    tracing::debug!(fingerprint = %Fingerprint::of(&key), %reason, "token rejected locally (verify.unknown_kid = \"forward\" lets the API server decide)");
                     let verdict = Verdict::denied(token::wrapped(token::NO_KEYS_FOUND));
                     return Ok(self.local_rejection(
                         key,
@@ -399,7 +362,7 @@ impl Reviewer {
                     ));
                 }
                 Verification::UnknownKey(reason) | Verification::Unverifiable(reason) => {
-                    tracing::debug!(fingerprint = %fingerprint(&key), %reason, "signature not checked locally; the API server decides");
+                    tracing::debug!(fingerprint = %Fingerprint::of(&key), %reason, "signature not checked locally; the API server decides");
                 }
             }
         }
@@ -428,25 +391,25 @@ impl Reviewer {
                 self.cache
                     .insert(key, &Fetched::new(Arc::clone(&verdict), now + ttl, ttl));
                 self.metrics.decision(Source::Offline);
-                tracing::warn!(fingerprint = %fingerprint(&key), error = %e, "the API server cannot be reached: token answered from its verified claims");
+                tracing::warn!(fingerprint = %Fingerprint::of(&key), error = %e, "the API server cannot be reached: token answered from its verified claims");
                 return Ok(Decision {
                     verdict,
                     source: Source::Offline,
-                    fingerprint: fingerprint(&key),
+                    fingerprint: Fingerprint::of(&key),
                 });
             }
             Err(e) => return Err(e),
         };
         self.metrics.decision(Source::Upstream);
         tracing::debug!(
-            fingerprint = %fingerprint(&key),
+            fingerprint = %Fingerprint::of(&key),
             authenticated = verdict.authenticated,
             "token decided by the API server"
         );
         Ok(Decision {
             verdict,
             source: Source::Upstream,
-            fingerprint: fingerprint(&key),
+            fingerprint: Fingerprint::of(&key),
         })
     }
 }
@@ -748,7 +711,7 @@ fn judge(
     Ok(Verdict {
         authenticated: true,
         user: Some(User::from(user)),
-        audiences: user::audiences(audiences),
+        audiences: verdict::audiences(audiences),
         error: String::new(),
     })
 }

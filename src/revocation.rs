@@ -104,7 +104,6 @@ pub struct Watch {
     metrics: Arc<Metrics>,
     secrets: bool,
     states: Mutex<[WatchState; 3]>,
-    last_error: Mutex<Option<String>>,
 }
 
 impl Watch {
@@ -120,7 +119,6 @@ impl Watch {
             metrics,
             secrets,
             states: Mutex::new(states),
-            last_error: Mutex::new(None),
         }
     }
 
@@ -143,15 +141,10 @@ impl Watch {
             .filter(|(_, s)| !s.healthy(now))
             .map(|(w, _)| w.name())
             .collect();
-        let error = self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        // The watch's own error is in the log: callers of /readyz are told what it means.
         Some(format!(
-            "revocation watch of {} not healthy ({}): verdicts are capped at cache.max_ttl",
-            lagging.join(", "),
-            error.unwrap_or_else(|| "not listed yet".into())
+            "revocation watch of {} not healthy: verdicts are capped at cache.max_ttl",
+            lagging.join(", ")
         ))
     }
 
@@ -292,18 +285,13 @@ impl Watch {
                     self.seen(which);
                 }
                 Err(e) => {
-                    let message = e.to_string();
                     if !reported {
                         // Once per outage: the backoff retries quietly.
-                        tracing::error!(resource = which.name(), error = %message, "revocation watch failed; verdicts are capped at cache.max_ttl until it recovers (it needs list and watch on pods, serviceaccounts and secrets)");
+                        tracing::error!(resource = which.name(), error = %e, "revocation watch failed; verdicts are capped at cache.max_ttl until it recovers (it needs list and watch on pods, serviceaccounts and secrets)");
                         reported = true;
                     } else {
-                        tracing::debug!(resource = which.name(), error = %message, "revocation watch still failing");
+                        tracing::debug!(resource = which.name(), error = %e, "revocation watch still failing");
                     }
-                    *self
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(message);
                     self.update(which, |s| {
                         s.broken_since.get_or_insert_with(Instant::now);
                     });

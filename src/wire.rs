@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::Verdict;
+use crate::verdict::{Verdict, needs_escape};
 
 /// A TokenReview as callers send it: either API version, `kind` checked by hand. The
 /// token is borrowed from the body (unless it has JSON escapes), not copied.
@@ -308,25 +308,6 @@ fn plain_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Whether `s` holds a byte JSON escapes. Every byte is looked at, with no early exit,
-/// in one fold over whole 16-byte blocks, which the compiler does 16 bytes at a time
-/// (twice as fast as `any` on the identities here, which need no escape; folded block
-/// by block, it gathered bytes across blocks instead: over three times the instructions
-/// on a token). The last block overlaps the one before rather than leave a tail of up
-/// to 15 bytes to look at one by one.
-pub(crate) fn needs_escape(s: &[u8]) -> bool {
-    fn any(bytes: &[u8]) -> bool {
-        bytes.iter().fold(false, |any, &b| {
-            any | (b < 0x20) | (b == b'"') | (b == b'\\')
-        })
-    }
-    let Some(last) = s.last_chunk::<16>() else {
-        return any(s);
-    };
-    let (blocks, _) = s.as_chunks::<16>();
-    any(blocks.as_flattened()) | any(last)
-}
-
 /// A JSON array of strings.
 fn strings<'a>(out: &mut Vec<u8>, items: impl Iterator<Item = &'a str>) {
     strings_with(out, items, string);
@@ -356,7 +337,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::user::User;
+    use crate::verdict::User;
 
     /// The answer as serde_json writes it through serde: the reference [`answer`] must
     /// match byte for byte.
@@ -407,7 +388,7 @@ mod tests {
         Verdict {
             authenticated: user.is_some(),
             user: user.map(User::from),
-            audiences: crate::user::audiences(audiences.iter().map(|a| a.to_string()).collect()),
+            audiences: crate::verdict::audiences(audiences.iter().map(|a| a.to_string()).collect()),
             error: error.into(),
         }
     }
@@ -434,24 +415,6 @@ mod tests {
             String::from_utf8(ours).unwrap(),
             String::from_utf8(theirs).unwrap()
         );
-    }
-
-    #[test]
-    fn needs_escape_finds_an_escaped_byte_wherever_it_is() {
-        for len in 0..50 {
-            let plain = vec![b'a'; len];
-            assert!(!needs_escape(&plain), "{len} plain bytes");
-            for at in 0..len {
-                for byte in [b'"', b'\\', 0x00, 0x1f] {
-                    let mut s = plain.clone();
-                    s[at] = byte;
-                    assert!(needs_escape(&s), "{byte:#x} at {at} of {len}");
-                }
-                let mut s = plain.clone();
-                s[at] = 0x7f;
-                assert!(!needs_escape(&s), "DEL needs no escape in JSON");
-            }
-        }
     }
 
     #[test]

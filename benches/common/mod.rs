@@ -7,8 +7,9 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::authentication::v1::TokenReviewStatus;
-use tokengate::cache::{Dependency, Uid, Verdict};
+use tokengate::cache::{Dependency, Uid};
 use tokengate::sim::{MintRequest, Sim};
+use tokengate::verdict::Verdict;
 
 /// The audience the benches' tokens are minted for and reviewed against.
 pub const AUDIENCE: &str = "vault";
@@ -80,8 +81,8 @@ pub fn realistic_verdict(i: usize) -> Arc<Verdict> {
         serde_json::from_str(&status_json(i)).expect("the status template is valid JSON");
     Arc::new(Verdict {
         authenticated: true,
-        user: status.user.map(tokengate::user::User::from),
-        audiences: tokengate::user::audiences(status.audiences.unwrap_or_default()),
+        user: status.user.map(tokengate::verdict::User::from),
+        audiences: tokengate::verdict::audiences(status.audiences.unwrap_or_default()),
         error: String::new(),
     })
 }

@@ -38,8 +38,8 @@ async fn a_429_whose_retry_after_exceeds_the_budget_fails_at_once() {
     let before = gate.upstream_calls();
     let (status, body) = gate.review(&token, None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        body["message"].as_str().unwrap().contains("HTTP 429"),
+    assert_eq!(
+        body["message"], "cannot review the token now: the API server answered HTTP 429",
         "{body}"
     );
     assert_eq!(
@@ -134,4 +134,22 @@ async fn an_api_server_with_a_certificate_from_another_ca_is_never_trusted() {
         before,
         "no TokenReview crossed an untrusted connection"
     );
+}
+
+/// A caller is told what failed, in the same words at every endpoint; the internal
+/// detail (here, the answer's Content-Type) is the operator's, in the log.
+#[tokio::test]
+async fn a_failure_tells_the_caller_what_happened_not_the_internal_detail() {
+    let gate = spawn_gate(&[]).await;
+    let token = gate.workload_token("apps", "web", &["vault"]);
+    gate.sim.fail_next(10, Failure::WrongContentType);
+    let words = "cannot review the token now: the API server's answer was not usable";
+    let (status, body) = gate.review(&token, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["message"], words, "{body}");
+    let (status, _, text) = gate
+        .call(Method::GET, "/auth?audience=vault", Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(text, format!("{words}\n"));
 }

@@ -14,17 +14,24 @@
 
 use std::sync::{Arc, LazyLock};
 
-use crate::user::User;
+use crate::verdict::User;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
+use super::AppState;
+use super::bearer::bearer;
+use super::error::ApiError;
+use super::tokenreview::record_decision;
 use crate::config::AuthPolicy;
-use crate::http::{AppState, bearer, record_decision};
 use crate::metrics::{Endpoint, Outcome};
 
 /// `GET|POST|… /auth[/anything]?audience=A&audience=B`.
-pub async fn auth(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
+pub(super) async fn auth(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
     let (response, outcome) = answer(&state, &headers, &uri).await;
     state.reviewer.metrics().request(Endpoint::Auth, outcome);
     response
@@ -69,14 +76,7 @@ async fn answer(state: &AppState, headers: &HeaderMap, uri: &Uri) -> (Response, 
         .await
     {
         Ok(d) => d,
-        Err(e) => {
-            let response = (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "1")],
-                format!("cannot decide now: {e}\n"),
-            );
-            return (response.into_response(), Outcome::Error);
-        }
+        Err(e) => return (ApiError::from(e).into_text_response(), Outcome::Error),
     };
     record_decision(&decision);
     let verdict = &decision.verdict;
@@ -178,7 +178,7 @@ fn extra_header(key: &str) -> Option<HeaderName> {
 
 /// The header names of the extra keys the API server sets, made once.
 static KNOWN_EXTRA_HEADERS: LazyLock<Vec<(&str, HeaderName)>> = LazyLock::new(|| {
-    crate::user::KNOWN_KEYS
+    crate::verdict::KNOWN_KEYS
         .iter()
         .map(|k| {
             (

@@ -123,7 +123,7 @@ impl From<UserInfo> for User {
         let plain = [&username, &uid]
             .into_iter()
             .chain(&groups)
-            .all(|s| !crate::wire::needs_escape(s.as_bytes()));
+            .all(|s| !super::needs_escape(s.as_bytes()));
         let identity = Identity {
             username,
             uid,
@@ -178,7 +178,7 @@ pub(crate) const KNOWN_KEYS: [&str; 6] = [
     "authentication.kubernetes.io/node-uid",
     "authentication.kubernetes.io/pod-name",
     "authentication.kubernetes.io/pod-uid",
-    crate::review::OFFLINE_EXTRA,
+    super::OFFLINE_EXTRA,
 ];
 /// Marks a key stored in full.
 const INLINE_KEY: u8 = u8::MAX;
