@@ -17,7 +17,7 @@ use crate::verdict::User;
 const MAX_CACHED_CALLERS: u64 = 10_000;
 
 /// Decides whether an authenticated caller may review tokens.
-pub struct CallerAccess {
+pub(crate) struct CallerAccess {
     access: Access,
     upstream: Arc<Upstream>,
     /// Definitive SubjectAccessReview answers by caller identity, each kept `sar_ttl`.
@@ -26,7 +26,7 @@ pub struct CallerAccess {
 
 impl CallerAccess {
     /// Access control as configured, asking `upstream` in SubjectAccessReview mode.
-    pub fn new(access: Access, upstream: Arc<Upstream>) -> CallerAccess {
+    pub(crate) fn new(access: Access, upstream: Arc<Upstream>) -> CallerAccess {
         let answers = moka::sync::Cache::builder()
             .max_capacity(MAX_CACHED_CALLERS)
             .time_to_live(access.sar_ttl)
@@ -39,7 +39,7 @@ impl CallerAccess {
     }
 
     /// `Ok(Ok(()))`: allowed; `Ok(Err(reason))`: refused; `Err`: cannot tell now.
-    pub async fn check(&self, user: &User) -> Result<Result<(), String>, UpstreamError> {
+    pub(crate) async fn check(&self, user: &User) -> Result<Result<(), String>, UpstreamError> {
         match self.access.mode {
             AccessMode::AllowList => Ok(if self.access.allows(user.username(), user.groups()) {
                 Ok(())

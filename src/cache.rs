@@ -34,7 +34,7 @@ use crate::upstream::UpstreamError;
 use crate::verdict::Verdict;
 
 /// A cache key: HMAC-SHA256 of the token, the audiences and the purpose.
-pub type Key = [u8; 32];
+pub(crate) type Key = [u8; 32];
 
 /// Which question a key answers. The same token and audiences asked for different
 /// purposes must never share a verdict, as the policies differ.
@@ -50,18 +50,18 @@ pub enum Purpose {
 #[derive(Debug, Clone)]
 pub struct Fetched {
     /// The verdict.
-    pub verdict: Arc<Verdict>,
+    pub(crate) verdict: Arc<Verdict>,
     /// When it stops being valid, by the caller's clock.
-    pub expires_at: SystemTime,
+    pub(crate) expires_at: SystemTime,
     /// The same as a duration from now (zero: do not cache).
-    pub ttl: Duration,
+    pub(crate) ttl: Duration,
     /// The objects whose deletion revokes it (`pod:UID`, `serviceaccount:UID`,
     /// `secret:NS/NAME`): the revocation watch evicts it when one goes.
     pub depends_on: Vec<Dependency>,
     /// For a verdict kept past `max_ttl` because the revocation watch is healthy: when
     /// `max_ttl` would have ended it. Whenever the watch is not healthy, that deadline is
     /// in force again.
-    pub capped_at: Option<SystemTime>,
+    pub(crate) capped_at: Option<SystemTime>,
 }
 
 impl Fetched {
@@ -174,7 +174,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// How long the cache remembers an object past the moment its tokens became invalid:
 /// well past the 10 s for which the API server answers "yes" from its own cache of
 /// successful authentications, whatever happened to the object since.
-pub const REMEMBER_REVOKED: Duration = Duration::from_secs(300);
+pub(crate) const REMEMBER_REVOKED: Duration = Duration::from_secs(300);
 
 /// What the revocation watch saw of an object a verdict may stand on (how long its
 /// tokens stay valid after that is the API server's rule for the token: see
@@ -182,9 +182,9 @@ pub const REMEMBER_REVOKED: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Revoked {
     /// When the watch saw it gone.
-    pub gone_at: Option<SystemTime>,
+    pub(crate) gone_at: Option<SystemTime>,
     /// Its `deletionTimestamp`, while it is being deleted.
-    pub deleting_since: Option<SystemTime>,
+    pub(crate) deleting_since: Option<SystemTime>,
 }
 
 impl Revoked {
@@ -247,7 +247,7 @@ impl VerdictCache {
     }
 
     /// [`VerdictCache::new`], counting evictions in `metrics`.
-    pub fn with_metrics(cfg: &config::Cache, metrics: Arc<Metrics>) -> VerdictCache {
+    pub(crate) fn with_metrics(cfg: &config::Cache, metrics: Arc<Metrics>) -> VerdictCache {
         let rng = ring::rand::SystemRandom::new();
         let hmac_key =
             hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("the OS random source works");
@@ -347,7 +347,7 @@ impl VerdictCache {
 
     /// Evicts every verdict that depends on `dependency` (an object that was deleted);
     /// returns how many.
-    pub fn revoke(&self, dependency: &Dependency) -> usize {
+    pub(crate) fn revoke(&self, dependency: &Dependency) -> usize {
         self.revocations.fetch_add(1, Ordering::SeqCst);
         let keys: Vec<Key> = {
             let mut dependents = lock(&self.dependents);
@@ -368,7 +368,7 @@ impl VerdictCache {
     /// [`REMEMBER_REVOKED`] after it (see [`VerdictCache::revoked`]). Returns whether this
     /// told something new: then the caller evicts the verdicts that depend on it, so that
     /// the next review is held to it.
-    pub fn remember_revoked(
+    pub(crate) fn remember_revoked(
         &self,
         dependency: &Dependency,
         seen: Revoked,
@@ -400,7 +400,7 @@ impl VerdictCache {
     }
 
     /// The objects cached verdicts stand on that `which` selects, each once.
-    pub fn dependencies(&self, which: impl Fn(&Dependency) -> bool) -> Vec<Dependency> {
+    pub(crate) fn dependencies(&self, which: impl Fn(&Dependency) -> bool) -> Vec<Dependency> {
         let mut out: Vec<Dependency> = lock(&self.dependents)
             .keys()
             .map(|(dependency, _)| dependency)
@@ -413,7 +413,7 @@ impl VerdictCache {
 
     /// Tells the cache whether the revocation watch is healthy: while it is not,
     /// verdicts kept past `max_ttl` on its account are not served past it.
-    pub fn set_watch_healthy(&self, healthy: bool) {
+    pub(crate) fn set_watch_healthy(&self, healthy: bool) {
         self.watch_healthy.store(healthy, Ordering::Relaxed);
     }
 
@@ -423,20 +423,20 @@ impl VerdictCache {
     }
 
     /// Drops every verdict (a policy change makes them stale).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.positive.invalidate_all();
         self.negative.invalidate_all();
-    }
-
-    /// Whether the cache holds no verdict.
-    pub fn is_empty(&self) -> bool {
-        self.len() == (0, 0)
     }
 
     /// The cached verdict for `key`, or the outcome of `fetch`, run once however many
     /// callers ask at the same time. `fetch` runs in a task of its own: it completes (and
     /// its verdict is cached) even when every caller has gone away. Errors are not cached.
-    pub async fn get_or_fetch<F>(self: &Arc<Self>, key: Key, now: SystemTime, fetch: F) -> Outcome
+    pub(crate) async fn get_or_fetch<F>(
+        self: &Arc<Self>,
+        key: Key,
+        now: SystemTime,
+        fetch: F,
+    ) -> Outcome
     where
         F: Future<Output = Result<Fetched, UpstreamError>> + Send + 'static,
     {
@@ -809,5 +809,31 @@ pub(crate) mod tests {
         answer.send(()).unwrap();
         assert!(pending.await.unwrap().unwrap().authenticated);
         assert!(cache.get(&key, now).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_cache_key_is_never_shared_by_two_audience_sets(
+            token in ".{0,40}",
+            a in proptest::collection::vec("[a-z0-9.-]{0,8}", 0..4),
+            b in proptest::collection::vec("[a-z0-9.-]{0,8}", 0..4),
+        ) {
+            use proptest::prelude::*;
+            static CACHE: std::sync::OnceLock<VerdictCache> = std::sync::OnceLock::new();
+            let cache = CACHE.get_or_init(|| VerdictCache::new(&cfg(16, 16)));
+            let ka = cache.key(&token, &a, Purpose::Review);
+            prop_assert_eq!(ka, cache.key(&token, &a, Purpose::Review));
+            if a != b {
+                prop_assert_ne!(ka, cache.key(&token, &b, Purpose::Review),
+                                "{:?} and {:?} share a key", a, b);
+            }
+            // Nor across purposes, nor with a token that spells the same bytes once the
+            // audiences are run together.
+            prop_assert_ne!(ka, cache.key(&token, &a, Purpose::Caller));
+            let joined = format!("{token}{}", a.concat());
+            if !a.concat().is_empty() {
+                prop_assert_ne!(ka, cache.key(&joined, &[], Purpose::Review));
+            }
+        }
     }
 }

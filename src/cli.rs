@@ -27,10 +27,10 @@ use crate::token::{self, Classified};
 pub struct Cli {
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
     /// Config file for `serve` when no command is given.
     #[arg(long, short, env = "TOKENGATE_CONFIG", global = true)]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "TOKENGATE_LOG_FORMAT", global = true)]
     pub log_format: LogFormat,
@@ -47,7 +47,7 @@ pub enum LogFormat {
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the gate with a config file (`--config`, or `TOKENGATE_CONFIG`).
     Serve,
     /// Run a simulated API server and a gate in front of it, and print how to try them.
@@ -402,7 +402,7 @@ async fn inspect(
 }
 
 /// What `inspect` prints, and whether the local checks pass. Never prints the signature.
-pub fn inspect_report(
+pub(crate) fn inspect_report(
     raw: &str,
     audiences: &[String],
     issuers: &[String],

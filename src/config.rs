@@ -21,7 +21,7 @@ use url::Url;
 pub const IN_CLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The issuer kubeadm and most distributions configure (`--service-account-issuer`).
-pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+pub(crate) const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,27 +41,27 @@ pub struct Config {
     /// Who may call the TokenReview endpoints.
     pub access: Access,
     /// Who `/auth` lets through.
-    pub auth: AuthPolicy,
+    pub(crate) auth: AuthPolicy,
     /// The revocation watch (`[revocation]`).
     pub revocation: Revocation,
     /// Local signature checks; off when `None` (`verify.jwks = "off"`).
-    pub verify: Option<Verify>,
+    pub(crate) verify: Option<Verify>,
     /// HTTPS for the listener; plain HTTP when absent.
-    pub tls: Option<Tls>,
+    pub(crate) tls: Option<Tls>,
     /// Things that work but deserve an operator's attention (logged at start).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Who the ingress hook (`/auth`) lets through once the token is valid (`[auth]`).
 /// All empty (the default): every authenticated token.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct AuthPolicy {
+pub(crate) struct AuthPolicy {
     /// Usernames allowed.
-    pub users: BTreeSet<String>,
+    pub(crate) users: BTreeSet<String>,
     /// Groups allowed.
-    pub groups: BTreeSet<String>,
+    pub(crate) groups: BTreeSet<String>,
     /// Namespaces whose service accounts are allowed.
-    pub namespaces: BTreeSet<String>,
+    pub(crate) namespaces: BTreeSet<String>,
 }
 
 /// The revocation watch (`[revocation]`).
@@ -79,17 +79,17 @@ pub struct Revocation {
 
 /// Local signature checks (`[verify]`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Verify {
+pub(crate) struct Verify {
     /// Where the issuer's public keys come from. Default: OIDC discovery.
-    pub source: KeySource,
+    pub(crate) source: KeySource,
     /// What to do with a token whose `kid` is not published, after a refresh.
     /// Default: reject.
-    pub unknown_kid: UnknownKid,
+    pub(crate) unknown_kid: UnknownKid,
 }
 
 /// Where the keys come from (`[verify]`).
 #[derive(Debug, Clone, PartialEq)]
-pub enum KeySource {
+pub(crate) enum KeySource {
     /// `jwks = "discovery"`: the API server's OIDC discovery document and its JWKS,
     /// fetched with the reviewer credential.
     Discovery,
@@ -101,7 +101,7 @@ pub enum KeySource {
 
 /// `verify.unknown_kid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnknownKid {
+pub(crate) enum UnknownKid {
     /// `"reject"`: a token signed by no published key is forged, as far as the gate can tell.
     Reject,
     /// `"forward"`: let the API server decide (for API servers with an external signer
@@ -111,7 +111,7 @@ pub enum UnknownKid {
 
 /// `policy.on_upstream_unavailable`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnUnavailable {
+pub(crate) enum OnUnavailable {
     /// `"fail-closed"`: a token the cache does not know gets 503.
     FailClosed,
     /// `"verify-offline"`: a token whose signature, issuer, times and audience verify
@@ -124,10 +124,10 @@ pub enum OnUnavailable {
 pub struct Limits {
     /// Connections open at once (`max_connections`); a connection past it is closed at
     /// once. Default 10,000.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// How long a client may take to send a request's headers (`header_read_timeout`);
     /// a client that dribbles them is disconnected. Default 10s.
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
 }
 
 /// How the gate stops on SIGTERM or SIGINT.
@@ -144,11 +144,11 @@ pub struct Shutdown {
 
 /// The listener's certificate and key (`[tls]`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Tls {
+pub(crate) struct Tls {
     /// PEM certificate chain, leaf first.
-    pub cert_file: PathBuf,
+    pub(crate) cert_file: PathBuf,
     /// PEM private key.
-    pub key_file: PathBuf,
+    pub(crate) key_file: PathBuf,
 }
 
 /// How to reach the API server.
@@ -157,9 +157,9 @@ pub struct Upstream {
     /// Where the address and credential come from.
     pub source: UpstreamSource,
     /// The whole time budget of one review, retries included. Default 5s.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// TokenReviews in flight at once; past it a review is answered 503 at once. Default 64.
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
 }
 
 /// Where the API server's address and the reviewer credential come from.
@@ -192,19 +192,19 @@ pub struct Policy {
     pub audiences: Vec<String>,
     /// The API server's `--api-audiences`: the only audiences a token that is not a
     /// service-account JWT (or a legacy token) can be valid for. Default: the issuers.
-    pub api_audiences: Vec<String>,
+    pub(crate) api_audiences: Vec<String>,
     /// Service-account issuers (`--service-account-issuer`); empty = any. Default: [`DEFAULT_ISSUER`].
-    pub issuers: Vec<String>,
+    pub(crate) issuers: Vec<String>,
     /// Whether legacy (Secret-based) tokens are forwarded. Default false: they never
     /// expire and are readable by anyone who can read the Secret.
-    pub allow_legacy_tokens: bool,
+    pub(crate) allow_legacy_tokens: bool,
     /// How long a legacy token's verdict is kept (it has no `exp`). Default 30s.
-    pub legacy_ttl: Duration,
+    pub(crate) legacy_ttl: Duration,
     /// What to answer when the API server cannot be reached. Default fail-closed.
-    pub on_upstream_unavailable: OnUnavailable,
+    pub(crate) on_upstream_unavailable: OnUnavailable,
     /// How long an offline verdict is kept. Default 10s: an offline verdict cannot see
     /// that a pod was deleted, so it is asked again soon.
-    pub offline_ttl: Duration,
+    pub(crate) offline_ttl: Duration,
 }
 
 /// How long verdicts are kept.
@@ -227,19 +227,19 @@ pub struct Cache {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Access {
     /// How callers are authorized. Default: the allow-list.
-    pub mode: AccessMode,
+    pub(crate) mode: AccessMode,
     /// Usernames allowed (`system:serviceaccount:vault:vault-auth`).
     pub users: BTreeSet<String>,
     /// Groups allowed (written `group:NAME` in the file).
     pub groups: BTreeSet<String>,
     /// How long a SubjectAccessReview's answer is kept. Default 1m: RBAC changes reach
     /// the gate within a minute, while a busy caller costs one SAR a minute.
-    pub sar_ttl: Duration,
+    pub(crate) sar_ttl: Duration,
 }
 
 /// How callers of the TokenReview endpoints are authorized (`access.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccessMode {
+pub(crate) enum AccessMode {
     /// `"allowlist"`: the users and groups of `access.review_callers`.
     AllowList,
     /// `"subjectaccessreview"`: ask the API server whether the caller may `create`
@@ -260,7 +260,11 @@ impl Default for Access {
 
 impl Access {
     /// Whether a caller with this username and these groups may review tokens.
-    pub fn allows<'a>(&self, username: &str, mut groups: impl Iterator<Item = &'a str>) -> bool {
+    pub(crate) fn allows<'a>(
+        &self,
+        username: &str,
+        mut groups: impl Iterator<Item = &'a str>,
+    ) -> bool {
         self.users.contains(username) || groups.any(|g| self.groups.contains(g))
     }
 }
@@ -303,7 +307,7 @@ impl fmt::Display for Problems<'_> {
 }
 
 /// Loads `path` (or only defaults and environment when `None`), applying overrides from `env`.
-pub fn load(
+pub(crate) fn load(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {

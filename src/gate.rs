@@ -29,13 +29,13 @@ pub struct Gate {
     /// What the handlers share.
     pub state: Arc<AppState>,
     /// The listener's TLS configuration; plain HTTP when `None`.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     /// The shutdown sequence's timing.
-    pub shutdown: crate::config::Shutdown,
+    pub(crate) shutdown: crate::config::Shutdown,
     /// The listener's limits.
     pub limits: crate::config::Limits,
     /// The revocation watch's client, when it runs.
-    pub revocation_client: Option<kube::Client>,
+    pub(crate) revocation_client: Option<kube::Client>,
 }
 
 /// Why the gate could not be built from its configuration.

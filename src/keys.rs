@@ -29,12 +29,12 @@ use crate::upstream::{self, Upstream, UpstreamError};
 /// Refreshes on an unknown `kid` happen at most this often.
 pub const UNKNOWN_KID_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 /// How long a key set is kept when its source names no `max-age`, and the longest any is.
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Where the API server serves its service-account signing keys.
-pub const API_SERVER_JWKS_PATH: &str = "/openid/v1/jwks";
+pub(crate) const API_SERVER_JWKS_PATH: &str = "/openid/v1/jwks";
 /// The only media type the API server serves its JWKS as (`Accept: application/json`
 /// gets 406 Not Acceptable).
-pub const JWKS_MEDIA_TYPE: &str = "application/jwk-set+json";
+pub(crate) const JWKS_MEDIA_TYPE: &str = "application/jwk-set+json";
 /// The shortest periodic refresh interval, whatever `max-age` says.
 const MIN_MAX_AGE: Duration = Duration::from_secs(60);
 
@@ -151,7 +151,7 @@ impl KeySet {
 
     /// Reads PEM public keys; each gets the `kid` the API server gives it (base64url of
     /// the SHA-256 of its DER SubjectPublicKeyInfo).
-    pub fn from_pem_files(paths: &[PathBuf]) -> Result<KeySet, KeysError> {
+    pub(crate) fn from_pem_files(paths: &[PathBuf]) -> Result<KeySet, KeysError> {
         let mut keys = Vec::new();
         for path in paths {
             let text = std::fs::read(path).map_err(|e| KeysError::Read {
@@ -188,7 +188,7 @@ impl KeySet {
     }
 
     /// The `kid`s in the set.
-    pub fn kids(&self) -> Vec<String> {
+    pub(crate) fn kids(&self) -> Vec<String> {
         self.keys.iter().filter_map(|k| k.kid.clone()).collect()
     }
 
@@ -326,7 +326,7 @@ fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
 
 /// The API server's `kid` for a public key: base64url (no padding) of the SHA-256 of
 /// its DER SubjectPublicKeyInfo.
-pub fn kid_of_spki(spki_der: &[u8]) -> String {
+pub(crate) fn kid_of_spki(spki_der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
 }
@@ -429,7 +429,7 @@ pub struct Keys {
 
 impl Keys {
     /// Keys from `source`, not yet loaded (see [`Keys::refresh_now`]).
-    pub fn new(source: KeySource, upstream: Arc<Upstream>) -> Keys {
+    pub(crate) fn new(source: KeySource, upstream: Arc<Upstream>) -> Keys {
         Keys {
             source,
             upstream,
@@ -458,12 +458,12 @@ impl Keys {
     }
 
     /// The loaded set, if any.
-    pub fn current(&self) -> Option<Arc<KeySet>> {
+    pub(crate) fn current(&self) -> Option<Arc<KeySet>> {
         self.current.read().expect("keys lock").clone()
     }
 
     /// Loads the keys from their source now; keeps the last good set on failure.
-    pub async fn refresh_now(&self) -> Result<(), KeysError> {
+    pub(crate) async fn refresh_now(&self) -> Result<(), KeysError> {
         let _serialised = self.refresh.lock().await;
         self.load().await
     }
@@ -491,7 +491,7 @@ impl Keys {
     /// next refresh rather than refuse, so a key published just after a flood of unknown
     /// `kid`s (which spent the last refresh) verifies its tokens within the interval.
     /// Concurrent callers share one refresh.
-    pub async fn verify(&self, raw: &str, header: &Header) -> Verification {
+    pub(crate) async fn verify(&self, raw: &str, header: &Header) -> Verification {
         let Some(set) = self.current() else {
             return Verification::Unverifiable("the issuer's keys are not loaded".into());
         };
@@ -521,7 +521,7 @@ impl Keys {
     /// Loads the keys now if none are, then refreshes them every `max-age` (what the
     /// source said, at least a minute), and every few seconds while none are loaded.
     /// Runs until the task is aborted.
-    pub async fn refresh_periodically(&self) {
+    pub(crate) async fn refresh_periodically(&self) {
         loop {
             if !self.is_loaded() {
                 let _ = self.refresh_now().await;

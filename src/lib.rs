@@ -18,21 +18,21 @@
 //! the tests and the benches. `gate` ties them together: the entry points are [`build`]
 //! and [`run`].
 
-pub mod access;
+pub(crate) mod access;
 pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod gate;
+pub(crate) mod gate;
 pub mod http;
 pub mod keys;
 pub mod metrics;
-pub mod reload;
+pub(crate) mod reload;
 pub mod review;
-pub mod revocation;
+pub(crate) mod revocation;
 pub mod sim;
-pub mod tls;
+pub(crate) mod tls;
 pub mod token;
-pub mod upstream;
+pub(crate) mod upstream;
 pub mod verdict;
 pub mod wire;
 

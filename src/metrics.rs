@@ -9,7 +9,7 @@
 //!
 //! Not responsible for: deciding when to count (the stages count themselves).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use std::fmt::Write as _;
@@ -26,11 +26,11 @@ macro_rules! label_enum {
     ($(#[$attr:meta])* pub enum $name:ident { $($(#[$vattr:meta])* $variant:ident = $label:literal,)* }) => {
         $(#[$attr])*
         #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-        pub enum $name { $($(#[$vattr])* $variant,)* }
+        pub(crate) enum $name { $($(#[$vattr])* $variant,)* }
 
         impl $name {
             /// The label value.
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $label,)* }
             }
 
@@ -69,7 +69,7 @@ label_enum! {
     }
 }
 
-pub use crate::verdict::Source;
+pub(crate) use crate::verdict::Source;
 
 impl EncodeLabelValue for Source {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
@@ -323,7 +323,7 @@ impl Metrics {
     }
 
     /// Counts a finished request.
-    pub fn request(&self, endpoint: Endpoint, outcome: Outcome) {
+    pub(crate) fn request(&self, endpoint: Endpoint, outcome: Outcome) {
         self.request_counters[endpoint as usize * Outcome::COUNT + outcome as usize]
             .get_or_init(|| {
                 self.requests
@@ -334,7 +334,7 @@ impl Metrics {
     }
 
     /// Counts a decision.
-    pub fn decision(&self, source: Source) {
+    pub(crate) fn decision(&self, source: Source) {
         self.decision_counters[source as usize]
             .get_or_init(|| {
                 self.decisions
@@ -345,28 +345,33 @@ impl Metrics {
     }
 
     /// Counts a local rejection.
-    pub fn local_rejection(&self, reason: RejectionClass) {
+    pub(crate) fn local_rejection(&self, reason: RejectionClass) {
         self.local_rejections
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
     /// Sets the number of verdicts a cache holds (at scrape time).
-    pub fn set_cache_entries(&self, cache: CacheKind, entries: u64) {
+    pub(crate) fn set_cache_entries(&self, cache: CacheKind, entries: u64) {
         self.cache_entries
             .get_or_create(&CacheLabels { cache })
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     /// Counts a verdict leaving the cache.
-    pub fn cache_eviction(&self, cache: CacheKind, cause: EvictionCause) {
+    pub(crate) fn cache_eviction(&self, cache: CacheKind, cause: EvictionCause) {
         self.cache_evictions
             .get_or_create(&EvictionLabels { cache, cause })
             .inc();
     }
 
     /// Records one API-server call's duration, and its error if it had one.
-    pub fn upstream_call(&self, call: Call, took: Duration, error: Option<UpstreamErrorKind>) {
+    pub(crate) fn upstream_call(
+        &self,
+        call: Call,
+        took: Duration,
+        error: Option<UpstreamErrorKind>,
+    ) {
         self.upstream_duration
             .get_or_create(&CallLabels { call })
             .observe(took.as_secs_f64());
@@ -378,34 +383,34 @@ impl Metrics {
     }
 
     /// The gauge of API-server calls in flight.
-    pub fn upstream_in_flight(&self) -> &Gauge {
+    pub(crate) fn upstream_in_flight(&self) -> &Gauge {
         &self.upstream_in_flight
     }
 
     /// Counts a request refused by load shedding or the request timeout.
-    pub fn shed(&self) {
+    pub(crate) fn shed(&self) {
         self.shed.inc();
     }
 
     /// Counts a reviewer-credential reload.
-    pub fn credential_reload(&self, result: ReloadResult) {
+    pub(crate) fn credential_reload(&self, result: ReloadResult) {
         self.credential_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
     }
 
     /// Counts verdicts evicted by the revocation watch.
-    pub fn revocation_evictions(&self, evicted: usize) {
+    pub(crate) fn revocation_evictions(&self, evicted: usize) {
         self.revocation_evictions.inc_by(evicted as u64);
     }
 
     /// Sets whether the revocation watch is healthy.
-    pub fn revocation_watch_healthy(&self, healthy: bool) {
+    pub(crate) fn revocation_watch_healthy(&self, healthy: bool) {
         self.revocation_watch_healthy.set(i64::from(healthy));
     }
 
     /// The metrics in the OpenMetrics text format (which Prometheus scrapes).
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -414,10 +419,7 @@ impl Metrics {
 }
 
 /// The content type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Metrics shared by every stage.
-pub type SharedMetrics = Arc<Metrics>;
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 /// What identifies one version of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
+pub(crate) struct Stamp {
     modified: Option<SystemTime>,
     inode: u64,
     len: u64,
@@ -20,7 +20,7 @@ pub struct Stamp {
 
 impl Stamp {
     /// The stamp of the file at `path` now (following symlinks).
-    pub fn of(path: &Path) -> io::Result<Stamp> {
+    pub(crate) fn of(path: &Path) -> io::Result<Stamp> {
         let m = std::fs::metadata(path)?;
         Ok(Stamp {
             modified: m.modified().ok(),

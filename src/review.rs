@@ -133,18 +133,18 @@ struct Expectation {
 
 /// The part of the configuration the pipeline decides by; replaced whole on a reload.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// What the gate accepts.
-    pub policy: config::Policy,
+    pub(crate) policy: config::Policy,
     /// How long verdicts are kept.
-    pub lifetimes: Lifetimes,
+    pub(crate) lifetimes: Lifetimes,
     /// What a token signed by no published key gets.
-    pub unknown_kid: UnknownKid,
+    pub(crate) unknown_kid: UnknownKid,
 }
 
 impl Settings {
     /// The settings of a configuration.
-    pub fn of(config: &Config) -> Settings {
+    pub(crate) fn of(config: &Config) -> Settings {
         Settings {
             policy: config.policy.clone(),
             lifetimes: Lifetimes {
@@ -162,7 +162,7 @@ impl Settings {
 
 impl Reviewer {
     /// A pipeline over `upstream` with the configured policy and cache.
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         upstream: Arc<Upstream>,
         keys: Option<Arc<Keys>>,
@@ -189,7 +189,7 @@ impl Reviewer {
     }
 
     /// The settings in force.
-    pub fn settings(&self) -> Arc<Settings> {
+    pub(crate) fn settings(&self) -> Arc<Settings> {
         Arc::clone(&self.settings.read().expect("settings lock"))
     }
 
@@ -219,7 +219,7 @@ impl Reviewer {
     /// Takes the policy and verdict lifetimes of `config`. When they changed, every
     /// cached verdict is dropped: one decided under the old policy (say, a legacy token
     /// when they were allowed) must not outlive it. Returns whether anything changed.
-    pub fn reconfigure(&self, config: &Config) -> bool {
+    pub(crate) fn reconfigure(&self, config: &Config) -> bool {
         let new = Settings::of(config);
         let mut settings = self.settings.write().expect("settings lock");
         if **settings == new {
@@ -232,7 +232,7 @@ impl Reviewer {
     }
 
     /// The metrics every stage counts into.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
@@ -271,7 +271,7 @@ impl Reviewer {
     /// expiry, revocation and a reload apply to it alike. Returns the settings it was
     /// judged under: the request is best answered under the same, rather than under a
     /// reload's that came in between.
-    pub async fn authenticate_caller(
+    pub(crate) async fn authenticate_caller(
         &self,
         token: &str,
         now: SystemTime,
@@ -463,20 +463,20 @@ fn local_checks(
 
 /// How long each kind of verdict may be kept.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Lifetimes {
+pub(crate) struct Lifetimes {
     /// Cap on a positive verdict.
-    pub max_ttl: Duration,
+    pub(crate) max_ttl: Duration,
     /// A definitive negative.
-    pub negative_ttl: Duration,
+    pub(crate) negative_ttl: Duration,
     /// A legacy token's positive verdict.
-    pub legacy_ttl: Duration,
+    pub(crate) legacy_ttl: Duration,
 }
 
 /// How long a verdict may be cached from `now`: a positive one until the token's `exp`
 /// and never past it, capped by `max_ttl` (`legacy_ttl` for a legacy token); a negative
 /// one `negative_ttl`. Zero means "do not cache" (a token the API server accepted in the
 /// leeway after its `exp`).
-pub fn lifetime(
+pub(crate) fn lifetime(
     authenticated: bool,
     expires_at: Option<i64>,
     legacy: bool,

@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 
 /// How long a watch may be disconnected before verdicts fall back to the `max_ttl` cap
 /// until it has re-listed.
-pub const STALE_AFTER: Duration = Duration::from_secs(30);
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(30);
 
 /// The watched resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,7 @@ pub struct Watch {
 
 impl Watch {
     /// A watch that will evict from `cache`; Secrets are watched only when `secrets`.
-    pub fn new(cache: Arc<VerdictCache>, metrics: Arc<Metrics>, secrets: bool) -> Watch {
+    pub(crate) fn new(cache: Arc<VerdictCache>, metrics: Arc<Metrics>, secrets: bool) -> Watch {
         let mut states = [WatchState::default(); 3];
         if !secrets {
             // Not watched: never the reason the watch is unhealthy.
@@ -123,13 +123,13 @@ impl Watch {
     }
 
     /// Whether every resource is listed and being watched (see the module docs).
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         let now = Instant::now();
         self.states().iter().all(|s| s.healthy(now))
     }
 
     /// Why the watch is not healthy, for `/readyz` detail.
-    pub fn problem(&self) -> Option<String> {
+    pub(crate) fn problem(&self) -> Option<String> {
         if self.is_healthy() {
             return None;
         }
@@ -204,7 +204,7 @@ impl Watch {
     }
 
     /// Runs the three watches until the task is aborted; `client` reaches the API server.
-    pub async fn run(self: Arc<Self>, client: Client) {
+    pub(crate) async fn run(self: Arc<Self>, client: Client) {
         let pods = Api::<PartialObjectMeta<Pod>>::all(client.clone());
         let accounts = Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone());
         let secrets = self
@@ -320,7 +320,7 @@ impl Watch {
 }
 
 /// A kube client for the configured API server and reviewer credential.
-pub async fn client(cfg: &config::Upstream) -> Result<Client, String> {
+pub(crate) async fn client(cfg: &config::Upstream) -> Result<Client, String> {
     let config = match &cfg.source {
         UpstreamSource::Direct {
             url,

@@ -57,7 +57,7 @@ pub enum TlsError {
 
 /// Builds the server configuration from a PEM certificate chain and a PEM private key,
 /// which are re-read whenever they change.
-pub fn server_config(
+pub(crate) fn server_config(
     cert_file: &Path,
     key_file: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
@@ -176,7 +176,7 @@ fn load_pair(
 }
 
 /// A listener whose connections have finished their TLS handshake.
-pub struct TlsListener {
+pub(crate) struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local_addr: SocketAddr,
     accept_task: tokio::task::JoinHandle<()>,
@@ -184,7 +184,7 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Starts accepting on `listener`, handshaking each connection in a task of its own.
-    pub fn new(
+    pub(crate) fn new(
         listener: TcpListener,
         config: Arc<rustls::ServerConfig>,
     ) -> std::io::Result<TlsListener> {

@@ -19,30 +19,30 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// The issuer the API server puts in legacy (Secret-based) service-account tokens.
-pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
+pub(crate) const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
 
 /// The clock skew the API server allows on `exp`, `nbf` and `iat` (go-jose's `DefaultLeeway`).
-pub const LEEWAY_SECONDS: i64 = 60;
+pub(crate) const LEEWAY_SECONDS: i64 = 60;
 
 /// The longest token this gate reads. Service-account tokens are about 1 KiB; anything
 /// much larger is not one, and reading it costs memory for nothing.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// The words the API server's bearer-token authenticator answers with when no
 /// authenticator could read a token; a service-account authenticator's own refusal is
 /// wrapped in them (see [`wrapped`]).
-pub const INVALID_BEARER_TOKEN: &str = "invalid bearer token";
+pub(crate) const INVALID_BEARER_TOKEN: &str = "invalid bearer token";
 
 /// go-jose's words for a signature that does not verify with the key tried, whatever
 /// the reason (another key, another algorithm, `none`, no signature at all).
-pub const CRYPTO_FAILURE: &str = "go-jose/go-jose: error in cryptographic primitive";
+pub(crate) const CRYPTO_FAILURE: &str = "go-jose/go-jose: error in cryptographic primitive";
 
 /// The API server's words for a token whose `kid` names no published key.
-pub const NO_KEYS_FOUND: &str = "invalid signature, no keys found";
+pub(crate) const NO_KEYS_FOUND: &str = "invalid signature, no keys found";
 
 /// `status.error` for a service-account token the API server refused for `reason`:
 /// `[invalid bearer token, <reason>]`, as its union of authenticators reports it.
-pub fn wrapped(reason: &str) -> String {
+pub(crate) fn wrapped(reason: &str) -> String {
     format!("[{INVALID_BEARER_TOKEN}, {reason}]")
 }
 
@@ -71,7 +71,7 @@ pub enum Classified {
 
 /// Which kind of service-account token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A projected (TokenRequest) token: audience- and time-bound.
     Projected,
     /// A legacy token stored in a Secret: no `exp`, no `aud`.
@@ -84,43 +84,43 @@ pub struct Header {
     /// `alg`, as written: which algorithms verify is the key's business (`keys`).
     pub alg: String,
     /// `kid`, when present.
-    pub kid: Option<String>,
+    pub(crate) kid: Option<String>,
 }
 
 /// A reference to a Kubernetes object in the token's claims.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ObjectRef {
+pub(crate) struct ObjectRef {
     /// The object's name.
-    pub name: String,
+    pub(crate) name: String,
     /// The object's UID (empty for a legacy token's Secret, which names no UID).
-    pub uid: String,
+    pub(crate) uid: String,
 }
 
 /// The claims of a service-account token, normalised across the projected and legacy layouts.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Claims {
+pub(crate) struct Claims {
     /// `iss`.
-    pub issuer: String,
+    pub(crate) issuer: String,
     /// `sub`, when present.
-    pub subject: Option<String>,
+    pub(crate) subject: Option<String>,
     /// `aud` (a string or an array in the token; empty when absent).
-    pub audiences: Vec<String>,
+    pub(crate) audiences: Vec<String>,
     /// `exp`, Unix seconds.
-    pub expires_at: Option<i64>,
+    pub(crate) expires_at: Option<i64>,
     /// `nbf`, Unix seconds.
-    pub not_before: Option<i64>,
+    pub(crate) not_before: Option<i64>,
     /// `iat`, Unix seconds.
-    pub issued_at: Option<i64>,
+    pub(crate) issued_at: Option<i64>,
     /// `jti`.
-    pub jti: Option<String>,
+    pub(crate) jti: Option<String>,
     /// The service account's namespace.
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// The service account.
-    pub service_account: ObjectRef,
+    pub(crate) service_account: ObjectRef,
     /// The pod the token is bound to.
-    pub pod: Option<ObjectRef>,
+    pub(crate) pod: Option<ObjectRef>,
     /// The Secret a legacy token is stored in, or a Secret a projected token is bound to.
-    pub secret: Option<ObjectRef>,
+    pub(crate) secret: Option<ObjectRef>,
 }
 
 /// A strictly parsed service-account token.
@@ -129,20 +129,20 @@ pub struct ServiceAccountToken {
     /// The JOSE header.
     pub header: Header,
     /// The claims.
-    pub claims: Claims,
+    pub(crate) claims: Claims,
     /// Projected or legacy.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
 }
 
 impl ServiceAccountToken {
     /// The username the API server gives this token's subject: `system:serviceaccount:NS:NAME`.
-    pub fn username(&self) -> String {
+    pub(crate) fn username(&self) -> String {
         service_account_username(&self.claims.namespace, &self.claims.service_account.name)
     }
 }
 
 /// `system:serviceaccount:NS:NAME`, the API server's username for a service account.
-pub fn service_account_username(namespace: &str, name: &str) -> String {
+pub(crate) fn service_account_username(namespace: &str, name: &str) -> String {
     format!("system:serviceaccount:{namespace}:{name}")
 }
 
@@ -254,7 +254,7 @@ impl Rejection {
 
     /// What the API server answers for this token in `status.error`, word for word.
     /// [`Display`](fmt::Display) says more, for logs and `tokengate inspect`.
-    pub fn status_error(&self) -> String {
+    pub(crate) fn status_error(&self) -> String {
         match self {
             Rejection::TooLarge { .. } | Rejection::ForeignAudience { .. } => {
                 INVALID_BEARER_TOKEN.to_owned()
@@ -421,7 +421,7 @@ fn unnamed_objects(claims: &Claims) -> Result<(), Rejection> {
 }
 
 /// The members of `a` that are also in `b`, in `a`'s order (the API server's `Audiences.Intersect`).
-pub fn intersect(a: &[String], b: &[String]) -> Vec<String> {
+pub(crate) fn intersect(a: &[String], b: &[String]) -> Vec<String> {
     a.iter().filter(|x| b.contains(x)).cloned().collect()
 }
 
@@ -434,7 +434,7 @@ pub fn unix_seconds(t: SystemTime) -> i64 {
 }
 
 /// A Unix time as RFC 3339, for messages (`2026-11-28T10:00:00Z`).
-pub fn rfc3339(seconds: i64) -> String {
+pub(crate) fn rfc3339(seconds: i64) -> String {
     u64::try_from(seconds)
         .ok()
         .filter(|&s| s < 253_402_300_800) // year 10000: past RFC 3339, humantime fails (and to_string panics)
@@ -662,7 +662,7 @@ const DUPLICATE: &str = "duplicate key '";
 
 /// Parses a JSON object, refusing duplicate keys at any depth (the error then is
 /// `duplicate key 'KEY' in object`, as go-jose's decoder says it).
-pub fn strict_object(bytes: &[u8]) -> Result<Object, String> {
+pub(crate) fn strict_object(bytes: &[u8]) -> Result<Object, String> {
     match serde_json::from_slice::<Strict>(bytes) {
         Ok(Strict(Value::Object(map))) => Ok(map),
         Ok(_) => Err("not a JSON object".into()),
@@ -1275,19 +1275,6 @@ mod tests {
             })
         }
 
-        fn cache() -> &'static crate::cache::VerdictCache {
-            static CACHE: std::sync::OnceLock<crate::cache::VerdictCache> =
-                std::sync::OnceLock::new();
-            CACHE.get_or_init(|| {
-                crate::cache::VerdictCache::new(&crate::config::Cache {
-                    max_entries: 16,
-                    negative_max_entries: 16,
-                    negative_ttl: Duration::from_secs(10),
-                    max_ttl: Duration::from_secs(120),
-                })
-            })
-        }
-
         proptest! {
             #[test]
             fn an_accepted_token_names_the_service_account_of_its_claims_whatever_its_subject(
@@ -1326,27 +1313,6 @@ mod tests {
                     if let Some(now) = now {
                         let _ = check(&t, &requested, &issuers(), now);
                     }
-                }
-            }
-
-            #[test]
-            fn a_cache_key_is_never_shared_by_two_audience_sets(token in ".{0,40}",
-                                                               a in prop::collection::vec(name(), 0..4),
-                                                               b in prop::collection::vec(name(), 0..4)) {
-                use crate::cache::Purpose;
-                let cache = cache();
-                let ka = cache.key(&token, &a, Purpose::Review);
-                prop_assert_eq!(ka, cache.key(&token, &a, Purpose::Review));
-                if a != b {
-                    prop_assert_ne!(ka, cache.key(&token, &b, Purpose::Review),
-                                    "{:?} and {:?} share a key", a, b);
-                }
-                // Nor across purposes, nor with a token that spells the same bytes
-                // once the audiences are run together.
-                prop_assert_ne!(ka, cache.key(&token, &a, Purpose::Caller));
-                let joined = format!("{token}{}", a.concat());
-                if !a.is_empty() && !a.concat().is_empty() {
-                    prop_assert_ne!(ka, cache.key(&joined, &[], Purpose::Review));
                 }
             }
 

@@ -80,7 +80,7 @@ impl UpstreamError {
     /// Whether the error means "the API server cannot answer now" (it is down, slow,
     /// overloaded or failing), as opposed to a refusal of our credential or an answer
     /// that makes no sense.
-    pub fn is_unavailability(&self) -> bool {
+    pub(crate) fn is_unavailability(&self) -> bool {
         match self {
             UpstreamError::Saturated(_) | UpstreamError::Timeout(_) | UpstreamError::Connect(_) => {
                 true
@@ -93,7 +93,7 @@ impl UpstreamError {
     }
 
     /// The error's kind, as a metric label.
-    pub fn kind(&self) -> UpstreamErrorKind {
+    pub(crate) fn kind(&self) -> UpstreamErrorKind {
         match self {
             UpstreamError::Saturated(_) => UpstreamErrorKind::Saturated,
             UpstreamError::Timeout(_) => UpstreamErrorKind::Timeout,
@@ -156,7 +156,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the client: reads the CA and the credential, resolves a kubeconfig.
-    pub async fn from_config(
+    pub(crate) async fn from_config(
         cfg: &config::Upstream,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, BuildError> {
@@ -238,7 +238,7 @@ impl Upstream {
     }
 
     /// Whether the API server has answered a TokenReview since start (the readiness latch).
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
 
@@ -250,7 +250,7 @@ impl Upstream {
     }
 
     /// The review's time budget.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
@@ -272,7 +272,7 @@ impl Upstream {
 
     /// Sends a TokenReview for `token` with `audiences`; returns the API server's status.
     #[tracing::instrument(skip_all, name = "upstream.review")]
-    pub async fn review(
+    pub(crate) async fn review(
         &self,
         token: &str,
         audiences: &[String],
@@ -301,7 +301,7 @@ impl Upstream {
     /// a definitive no, with the authorizer's reason (empty when it gave none, as RBAC
     /// gives none when no rule matches).
     #[tracing::instrument(skip_all, name = "upstream.access_review")]
-    pub async fn may_review_tokens(
+    pub(crate) async fn may_review_tokens(
         &self,
         user: &UserInfo,
     ) -> Result<Result<(), String>, UpstreamError> {
@@ -362,7 +362,7 @@ impl Upstream {
     /// GETs `path` of the API server (discovery, keys) like any other call, accepting
     /// `media_type` (the one that path serves: the API server answers 406 to any other);
     /// returns the body and its `Cache-Control: max-age`.
-    pub async fn get(
+    pub(crate) async fn get(
         &self,
         path: &str,
         media_type: &'static str,
@@ -524,7 +524,7 @@ impl Upstream {
 }
 
 /// `application/json`: what the API server's resources and OIDC discovery are served as.
-pub const JSON: &str = "application/json";
+pub(crate) const JSON: &str = "application/json";
 
 /// How one call is sent: its method and the media type it accepts.
 struct Ask {

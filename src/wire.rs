@@ -19,9 +19,9 @@ use crate::verdict::{Verdict, needs_escape};
 /// token is borrowed from the body (unless it has JSON escapes), not copied.
 pub struct ReviewRequest<'a> {
     /// `apiVersion`, when given.
-    pub api_version: Option<Cow<'a, str>>,
+    pub(crate) api_version: Option<Cow<'a, str>>,
     /// `kind`, when given.
-    pub kind: Option<Cow<'a, str>>,
+    pub(crate) kind: Option<Cow<'a, str>>,
     /// `spec`.
     pub spec: ReviewSpec<'a>,
 }

@@ -146,7 +146,7 @@ fn description(text: &str) -> String {
 
 /// Adds the authenticating-proxy headers for `user` to `headers`; `None` if a value
 /// cannot be a header (then some may have been added).
-pub fn add_identity_headers(user: &User, headers: &mut HeaderMap) -> Option<()> {
+pub(crate) fn add_identity_headers(user: &User, headers: &mut HeaderMap) -> Option<()> {
     headers.reserve(2 + user.groups().len() + 4);
     let value = |s: &str| HeaderValue::from_bytes(s.as_bytes()).ok();
     if user.username().is_empty() {
@@ -208,7 +208,7 @@ impl AuthPolicy {
     /// Whether `/auth` lets this user through: with no list configured, any authenticated
     /// token; otherwise a listed user, a member of a listed group, or a service account of
     /// a listed namespace.
-    pub fn allows(&self, user: &User) -> Result<(), String> {
+    pub(crate) fn allows(&self, user: &User) -> Result<(), String> {
         if self.users.is_empty() && self.groups.is_empty() && self.namespaces.is_empty() {
             return Ok(());
         }

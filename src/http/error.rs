@@ -24,7 +24,7 @@ pub(super) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 /// caller reads never carries a token or an internal error's text (a connect error, a
 /// configuration hint): those go to the log, for the operator.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// No or invalid caller credential.
     #[error("Unauthorized")]
     Unauthorized,

@@ -16,22 +16,21 @@ use axum::routing::{any, get, post};
 
 mod auth;
 mod bearer;
-pub mod error;
+pub(crate) mod error;
 mod middleware;
 mod probes;
 mod serve;
 mod state;
 mod tokenreview;
 
-pub use auth::add_identity_headers;
 pub use middleware::with_middleware;
-pub use serve::{MAX_HEAD_BYTES, serve};
+pub use serve::serve;
 pub use state::AppState;
 
 /// The largest request body read (a TokenReview is about 1–2 KiB).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Requests handled at once; past it, 503 at once (load shedding, not queueing).
-pub const MAX_CONCURRENT_REQUESTS: usize = 4096;
+pub(crate) const MAX_CONCURRENT_REQUESTS: usize = 4096;
 
 /// The router with its middleware stack. Tests drive it directly.
 pub fn router(state: Arc<AppState>) -> Router {

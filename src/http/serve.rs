@@ -9,7 +9,7 @@ use crate::config::Limits;
 
 /// The largest request head (request line and headers) read: room for a 16 KiB token
 /// in a header and ordinary proxy headers. Past it, hyper answers 431.
-pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// Serves `router` on `listener` (HTTPS when `tls` is given) until `shutdown`
 /// completes, then lets the connections finish their requests in progress.

@@ -38,12 +38,12 @@ impl AppState {
     }
 
     /// Who may call the TokenReview endpoints.
-    pub fn access(&self) -> Arc<CallerAccess> {
+    pub(crate) fn access(&self) -> Arc<CallerAccess> {
         Arc::clone(&self.access.read().expect("access lock"))
     }
 
     /// Who `/auth` lets through.
-    pub fn auth(&self) -> Arc<AuthPolicy> {
+    pub(crate) fn auth(&self) -> Arc<AuthPolicy> {
         Arc::clone(&self.auth.read().expect("auth lock"))
     }
 
@@ -53,7 +53,7 @@ impl AppState {
     }
 
     /// Whether the gate is shutting down (`/readyz` answers 503).
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 

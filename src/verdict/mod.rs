@@ -14,7 +14,7 @@ pub use user::{Extra, User, audiences};
 
 /// The extra key that marks a verdict decided from the token's claims while the API
 /// server could not be reached.
-pub const OFFLINE_EXTRA: &str = "tokengate.io/decided-offline";
+pub(crate) const OFFLINE_EXTRA: &str = "tokengate.io/decided-offline";
 
 /// What a review concluded. Shared, immutable; a cache hit is an `Arc` clone.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -32,7 +32,7 @@ pub struct Verdict {
 
 impl Verdict {
     /// A "no" with a reason.
-    pub fn denied(error: impl Into<String>) -> Verdict {
+    pub(crate) fn denied(error: impl Into<String>) -> Verdict {
         Verdict {
             error: error.into(),
             ..Verdict::default()
@@ -42,7 +42,7 @@ impl Verdict {
 
 /// Where a decision came from (for logs and metrics).
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// The local checks rejected the token.
     Local,
     /// The cache.
@@ -55,7 +55,7 @@ pub enum Source {
 
 impl Source {
     /// Every source, in label order.
-    pub const ALL: [Source; 4] = [
+    pub(crate) const ALL: [Source; 4] = [
         Source::Local,
         Source::Cache,
         Source::Upstream,
@@ -63,7 +63,7 @@ impl Source {
     ];
 
     /// Its name, as logs and metrics label it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Source::Local => "local",
             Source::Cache => "cache",
@@ -79,16 +79,16 @@ pub struct Decision {
     /// The verdict.
     pub verdict: Arc<Verdict>,
     /// Where it came from.
-    pub source: Source,
+    pub(crate) source: Source,
     /// A short, per-process hash of the token and audiences, to correlate log lines
     /// (never the token).
-    pub fingerprint: Fingerprint,
+    pub(crate) fingerprint: Fingerprint,
 }
 
 /// Eight hex digits of the cache key: enough to tell requests apart in a log, nothing
 /// that leads back to the token (the key is a keyed hash under a per-process secret).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint([u8; 4]);
+pub(crate) struct Fingerprint([u8; 4]);
 
 impl std::fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -101,7 +101,7 @@ impl std::fmt::Display for Fingerprint {
 
 impl Fingerprint {
     /// The fingerprint of a cache key.
-    pub fn of(key: &[u8; 32]) -> Fingerprint {
+    pub(crate) fn of(key: &[u8; 32]) -> Fingerprint {
         Fingerprint([key[0], key[1], key[2], key[3]])
     }
 }

@@ -69,32 +69,32 @@ pub struct User {
 
 impl User {
     /// The username.
-    pub fn username(&self) -> &str {
+    pub(crate) fn username(&self) -> &str {
         &self.identity.username
     }
 
     /// The UID (empty when the API server gave none).
-    pub fn uid(&self) -> &str {
+    pub(crate) fn uid(&self) -> &str {
         &self.identity.uid
     }
 
     /// The groups.
-    pub fn groups(&self) -> impl ExactSizeIterator<Item = &str> {
+    pub(crate) fn groups(&self) -> impl ExactSizeIterator<Item = &str> {
         self.identity.groups.iter().map(|g| &**g)
     }
 
     /// Whether the username, UID and groups need no JSON escape.
-    pub fn identity_is_plain_json(&self) -> bool {
+    pub(crate) fn identity_is_plain_json(&self) -> bool {
         self.identity.plain
     }
 
     /// The extras.
-    pub fn extra(&self) -> &Extra {
+    pub(crate) fn extra(&self) -> &Extra {
         &self.extra
     }
 
     /// The same user as the Kubernetes type (for requests that carry a user).
-    pub fn to_user_info(&self) -> UserInfo {
+    pub(crate) fn to_user_info(&self) -> UserInfo {
         let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         UserInfo {
             username: some(self.username()),
@@ -210,17 +210,17 @@ impl Extra {
     }
 
     /// Whether there are no extras.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// Each key and its values.
-    pub fn iter(&self) -> ExtraIter<'_> {
+    pub(crate) fn iter(&self) -> ExtraIter<'_> {
         ExtraIter(&self.0)
     }
 
     /// The values of `key`.
-    pub fn get(&self, key: &str) -> Option<Values<'_>> {
+    pub(crate) fn get(&self, key: &str) -> Option<Values<'_>> {
         self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 }
@@ -265,7 +265,7 @@ fn take_str<'a>(rest: &mut &'a [u8]) -> &'a str {
 }
 
 /// The keys and values of an [`Extra`].
-pub struct ExtraIter<'a>(&'a [u8]);
+pub(crate) struct ExtraIter<'a>(&'a [u8]);
 
 impl<'a> Iterator for ExtraIter<'a> {
     type Item = (&'a str, Values<'a>);
@@ -295,7 +295,7 @@ impl<'a> Iterator for ExtraIter<'a> {
 
 /// The values of one extra key.
 #[derive(Clone)]
-pub struct Values<'a> {
+pub(crate) struct Values<'a> {
     rest: &'a [u8],
     left: usize,
 }
