@@ -10,7 +10,7 @@
 //! Not responsible for: HTTP shapes (see `api`), the authenticator's rules (see `review`).
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec, TokenRequestStatus};
@@ -24,7 +24,6 @@ use super::review::{Authenticated, Authority};
 use super::status::ApiError;
 use super::store::{self, Store, StoreError};
 use super::tokens::{self, Projected, Ref};
-use crate::token::unix_seconds;
 
 /// Everything a running sim knows.
 pub(crate) struct Cluster {
@@ -301,6 +300,14 @@ fn created_uid<T: store::Stored>(created: Result<T, StoreError>) -> String {
         .ok()
         .and_then(|o| o.metadata().uid.clone())
         .unwrap_or_default()
+}
+
+/// Whole seconds since the Unix epoch (negative before it), as tokens carry time.
+fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_secs()).map_or(i64::MIN, |s| -s),
+    }
 }
 
 fn time(seconds: i64) -> Time {

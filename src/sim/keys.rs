@@ -132,8 +132,11 @@ impl SigningKey {
     }
 }
 
-/// The API server's key id (one derivation, shared with the gate's key loading).
-pub(crate) use crate::keys::kid_of_spki as kid_for_spki;
+/// The API server's key id (`keyIDFromPublicKey`): the SHA-256 of the DER
+/// SubjectPublicKeyInfo, base64url without padding.
+fn kid_for_spki(spki_der: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, spki_der))
+}
 
 /// The signing keys: the current one signs, every one (current and retired) verifies.
 pub(crate) struct Keyring {

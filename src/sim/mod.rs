@@ -12,7 +12,7 @@
 //!
 //! The files, one concept each:
 //! - `cluster`: the shared state and the operations on it (TokenRequest, legacy tokens);
-//! - `review`: the API server's service-account authenticator;
+//! - `review`: the API server's service-account authenticator; `jwt`: its token reader;
 //! - `tokens`: claim layouts and TokenRequest validation;
 //! - `keys`: CA, serving certificate, signing keys, JWKS;
 //! - `store`: objects and the RBAC table; `events`: the change log that watches follow;
@@ -26,6 +26,7 @@ mod api;
 mod cluster;
 mod discovery;
 mod events;
+mod jwt;
 mod keys;
 mod knobs;
 mod objects;

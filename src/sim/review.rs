@@ -9,18 +9,19 @@
 //! a legacy token's Secret and its stored copy. Builds `status.user` exactly as the API
 //! server does.
 //!
-//! Parsing is `crate::token::classify` (strict, go-jose-like). The rest is written here
-//! from the API server's source rather than shared with the gate's checks, so that the
-//! sim is an independent oracle for them. Pure: the store, keys and `now` are passed in.
+//! Reading the token is `jwt`'s. All of it is written from the API server's source rather
+//! than shared with the gate's checks, so that the sim is an independent oracle for them.
+//! Pure: the store, keys and `now` are passed in.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 
+use super::jwt::{self, Kind, Token, Unread};
 use super::keys::Keyring;
 use super::store::Store;
-use crate::token::{self, Classified, Kind, Rejection, ServiceAccountToken};
+use super::tokens;
 
 /// The error the API server reports for a bearer token no authenticator recognised.
 pub(crate) const INVALID_BEARER_TOKEN: &str = "invalid bearer token";
@@ -47,7 +48,7 @@ pub(crate) struct Authority<'a> {
 
 /// A token whose signature, issuer and audiences passed: the validator comes next.
 pub(crate) struct Verified {
-    token: ServiceAccountToken,
+    token: Token,
     raw: String,
     audiences: Vec<String>,
 }
@@ -72,28 +73,14 @@ impl Authority<'_> {
     /// The authenticator's part before any lookup: recognise, verify the signature,
     /// intersect the audiences. `requested` empty means the API audiences.
     pub(crate) fn verify(&self, raw: &str, requested: &[String]) -> Result<Verified, String> {
-        let issuers = [self.issuer.to_owned()];
-        let token = match token::classify(raw, &issuers) {
-            Ok(Classified::ServiceAccount(token)) => *token,
-            // The API server's SA authenticators pass on tokens they cannot parse or
-            // whose issuer is not theirs; the bearer-token wrapper then says this.
-            Ok(Classified::Foreign(_))
-            | Err(Rejection::Malformed { reason: None, .. } | Rejection::TooLarge { .. }) => {
-                return Err(INVALID_BEARER_TOKEN.to_owned());
-            }
-            Err(Rejection::Malformed {
-                reason: Some(reason),
-                ..
-            }) => return Err(reason),
-            // The legacy validator checks `sub`; the projected one ignores it (a knowingly
-            // stricter sim here: the gate refuses such a token too).
-            Err(Rejection::SubjectMismatch { .. }) if is_legacy(raw) => {
-                return Err("sub claim is invalid".to_owned());
-            }
-            Err(other) => return Err(other.to_string()),
-        };
+        // A token no service-account authenticator reads goes to the API server's other
+        // authenticators; when none knows it, the bearer-token wrapper says only this.
+        let token = jwt::read(raw, self.issuer).map_err(|unread| match unread {
+            Unread::NotOurs => INVALID_BEARER_TOKEN.to_owned(),
+            Unread::Refused(reason) => reason,
+        })?;
         self.keys
-            .verify(raw, &token.header.alg, token.header.kid.as_deref())
+            .verify(raw, &token.alg, token.kid.as_deref())
             .map_err(|e| e.to_string())?;
 
         let requested = if requested.is_empty() {
@@ -101,12 +88,17 @@ impl Authority<'_> {
         } else {
             requested
         };
-        let token_audiences = if token.claims.audiences.is_empty() {
+        let token_audiences = if token.audiences.is_empty() {
             self.api_audiences
         } else {
-            &token.claims.audiences
+            &token.audiences
         };
-        let audiences = token::intersect(token_audiences, requested);
+        // `Audiences.Intersect`: the token's audiences that were requested, in its order.
+        let audiences: Vec<String> = token_audiences
+            .iter()
+            .filter(|audience| requested.contains(audience))
+            .cloned()
+            .collect();
         if audiences.is_empty() {
             return Err(format!(
                 "token audiences {} is invalid for the target audiences {}",
@@ -122,44 +114,30 @@ impl Authority<'_> {
     }
 }
 
-/// Whether the unverified payload names the legacy issuer (for error wording only).
-fn is_legacy(raw: &str) -> bool {
-    use base64::Engine as _;
-    raw.split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p)
-                .ok()
-        })
-        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-        .is_some_and(|c| c["iss"] == token::LEGACY_ISSUER)
-}
-
 impl Verified {
     /// The validator: times (projected), then the objects the token names, at `now`
     /// (Unix seconds) against `store`.
     pub(crate) fn validate(self, store: &Store, now: i64) -> Result<Authenticated, String> {
-        let claims = &self.token.claims;
-        let ns = claims.namespace.as_str();
-        let sa_ref = &claims.service_account;
+        let token = &self.token;
+        let ns = token.namespace.as_str();
+        let sa_ref = &token.service_account;
         let mut extra = BTreeMap::new();
-        match self.token.kind {
-            Kind::Projected => {
+        match &token.kind {
+            Kind::Projected { pod, secret } => {
                 // go-jose's Claims.Validate: nbf, exp, iat, each with the leeway.
-                if claims
+                if token
                     .not_before
                     .is_some_and(|nbf| now + LEEWAY_SECONDS < nbf)
                 {
                     return Err("service account token is not valid yet".into());
                 }
-                if claims
+                if token
                     .expires_at
                     .is_some_and(|exp| now - LEEWAY_SECONDS > exp)
                 {
                     return Err("service account token has expired".into());
                 }
-                if claims
+                if token
                     .issued_at
                     .is_some_and(|iat| now + LEEWAY_SECONDS < iat)
                 {
@@ -175,7 +153,7 @@ impl Verified {
                         sa_ref.uid
                     ));
                 }
-                if let Some(secret_ref) = &claims.secret {
+                if let Some(secret_ref) = secret {
                     let secret = store
                         .get::<Secret>(ns, &secret_ref.name)
                         .map_err(|_| "service account token has been invalidated".to_owned())?;
@@ -187,7 +165,7 @@ impl Verified {
                         ));
                     }
                 }
-                if let Some(pod_ref) = &claims.pod {
+                if let Some(pod_ref) = pod {
                     let pod = store
                         .get::<Pod>(ns, &pod_ref.name)
                         .map_err(|_| "service account token has been invalidated".to_owned())?;
@@ -201,18 +179,16 @@ impl Verified {
                     extra.insert(EXTRA_POD_NAME.to_owned(), vec![pod_ref.name.clone()]);
                     extra.insert(EXTRA_POD_UID.to_owned(), vec![pod_ref.uid.clone()]);
                 }
-                if let Some(jti) = claims.jti.as_deref().filter(|j| !j.is_empty()) {
-                    extra.insert(EXTRA_CREDENTIAL_ID.to_owned(), vec![format!("JTI={jti}")]);
+                if !token.jti.is_empty() {
+                    let credential_id = format!("JTI={}", token.jti);
+                    extra.insert(EXTRA_CREDENTIAL_ID.to_owned(), vec![credential_id]);
                 }
             }
-            Kind::Legacy => {
+            Kind::Legacy {
+                secret: secret_name,
+            } => {
                 // The legacy validator: the Secret must exist and hold this very token,
                 // then the service account must exist with the claimed UID. No times.
-                let secret_name = claims
-                    .secret
-                    .as_ref()
-                    .map(|s| s.name.as_str())
-                    .unwrap_or_default();
                 let secret = store
                     .get::<Secret>(ns, secret_name)
                     .map_err(|_| "Token has been invalidated".to_owned())?;
@@ -234,7 +210,7 @@ impl Verified {
         }
         Ok(Authenticated {
             user: UserInfo {
-                username: Some(token::service_account_username(ns, &sa_ref.name)),
+                username: Some(tokens::username(ns, &sa_ref.name)),
                 uid: Some(sa_ref.uid.clone()),
                 // The SA authenticator's groups, then the one the authenticated-group
                 // adder appends to every authenticated user.
@@ -270,7 +246,7 @@ pub(crate) fn review_status(outcome: Result<Authenticated, String>) -> TokenRevi
             error: Some(if error == INVALID_BEARER_TOKEN {
                 error
             } else {
-                token::wrapped(&error)
+                format!("[{INVALID_BEARER_TOKEN}, {error}]")
             }),
         },
     }
