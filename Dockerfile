@@ -3,7 +3,8 @@
 # docker build -t tokengate:0.1.0 .
 #
 # Build: the release profile of Cargo.toml (fat LTO, one codegen unit), exactly the
-# locked dependencies. The builder is Debian bookworm, so the binary links against
+# locked dependencies, without the default `sim` feature: no simulated API server and
+# no token-minting code in the image (`tokengate dev` and `sim` are not there). The builder is Debian bookworm, so the binary links against
 # bookworm's glibc, which is what the runtime image below carries.
 FROM rust:1.89-bookworm AS build
 WORKDIR /src
@@ -12,7 +13,7 @@ COPY . .
 # copied out because the target/ mount does not outlive this step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
+    cargo build --release --locked --no-default-features \
  && cp target/release/tokengate /tokengate
 
 # Run: distroless "cc": glibc, libgcc (for unwinding a panic, see panic = "unwind"),

@@ -44,7 +44,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokengate::cache::{Fetched, Purpose, VerdictCache};
-use tokengate::sim::{Sim, SimOptions};
+use tokengate_sim::{Sim, SimOptions};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls;

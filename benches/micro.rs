@@ -18,10 +18,10 @@ use tokengate::cache::{Fetched, Purpose, VerdictCache};
 use tokengate::config;
 use tokengate::http;
 use tokengate::keys::{KeySet, Verification};
-use tokengate::sim::{Sim, SimOptions};
 use tokengate::token::{self, Classified};
 use tokengate::verdict::Verdict;
 use tokengate::wire::{self, ReviewSpec};
+use tokengate_sim::{Sim, SimOptions};
 
 use common::{AUDIENCE, REVIEW_V1, Workloads};
 

@@ -17,8 +17,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::{self, Config};
 use crate::keys::{KeySet, Verification};
 use crate::reload::Stamp;
-use crate::sim::{MintRequest, Sim, SimOptions};
 use crate::token::{self, Classified};
+#[cfg(feature = "sim")]
+use tokengate_sim::{MintRequest, Sim, SimOptions};
 
 /// tokengate: answers "is this service-account token valid for this audience, and whose
 /// is it?" in front of the Kubernetes API server, with a cache no longer than the token lives.
@@ -51,6 +52,7 @@ pub(crate) enum Command {
     /// Run the gate with a config file (`--config`, or `TOKENGATE_CONFIG`).
     Serve,
     /// Run a simulated API server and a gate in front of it, and print how to try them.
+    #[cfg(feature = "sim")]
     Dev {
         /// Where the gate listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -60,6 +62,7 @@ pub(crate) enum Command {
         sim_listen: SocketAddr,
     },
     /// Run the simulated API server alone (for tests, benches, demos).
+    #[cfg(feature = "sim")]
     Sim {
         /// Where it listens.
         #[arg(long, default_value = "127.0.0.1:6443")]
@@ -107,7 +110,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config.as_deref()).await,
         Command::CheckConfig => check_config(cli.config.as_deref()),
+        #[cfg(feature = "sim")]
         Command::Dev { listen, sim_listen } => dev(listen, sim_listen).await,
+        #[cfg(feature = "sim")]
         Command::Sim {
             listen,
             out,
@@ -263,6 +268,7 @@ async fn fetch_jwks(url: &str, cacert: Option<&Path>) -> anyhow::Result<Vec<u8>>
     Ok(response.bytes().await?.to_vec())
 }
 
+#[cfg(feature = "sim")]
 async fn sim(listen: SocketAddr, out: Option<PathBuf>, tls: bool) -> anyhow::Result<Exit> {
     let sim = Sim::start(SimOptions {
         listen,
@@ -285,6 +291,7 @@ async fn sim(listen: SocketAddr, out: Option<PathBuf>, tls: bool) -> anyhow::Res
     Ok(Exit::Ok)
 }
 
+#[cfg(feature = "sim")]
 async fn dev(listen: SocketAddr, sim_listen: SocketAddr) -> anyhow::Result<Exit> {
     let dir = std::env::temp_dir().join(format!("tokengate-dev-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -3,20 +3,31 @@
 //! Workloads present service-account tokens to backends; the backends ask tokengate
 //! whether a token is valid for an audience and whose it is. tokengate answers from its
 //! cache when it can, rejects hopeless tokens locally, and otherwise asks the API server
-//! once per token. Data flows one way:
+//! once per token.
+//!
+//! The modules and the main lines of use between them (the graph has no cycles;
+//! `verdict`, `config`, `token` and `reload` use no other module):
 //!
 //! ```text
-//! http  ──▶  review  ──▶  token    (parse + local checks: pure, no I/O, `now` passed in)
-//!                    ──▶  cache    (quick_cache; keyed hash; TTL ≤ exp; coalesced misses)
-//!                    ──▶  upstream (the API server: TokenReview, reviewer credential)
+//! cli ─▶ gate ─▶ http ─▶ review ─▶ token     parse + local checks: pure, `now` passed in
+//!                 │        ├─────▶ keys      the issuer's keys: JWKS, discovery, files
+//!                 │        ├─────▶ cache     moka; keyed hash; expiry ≤ exp; coalesced misses
+//!                 │        └─────▶ upstream  the API server over reqwest: reviews, retries
+//!                 ├─▶ access                 who may call the TokenReview endpoints
+//!                 ├─▶ wire                   TokenReviews read and written as the API server does
+//!                 └─▶ tls                    the serving certificate, reloaded
+//!        gate ─▶ revocation ─▶ cache         the watch that takes out deleted objects' verdicts
+//! verdict      Verdict, Decision, User: what every stage passes on
+//! metrics      the Prometheus metrics
+//! config       the file and environment, validated
+//! reload       a file's change stamp
 //! ```
 //!
-//! `ingress` answers the `/auth` hook of nginx, Traefik and Envoy; `wire` reads and
-//! writes TokenReviews as the API server does; `user` keeps a verdict's identity in
-//! little memory. `config` turns the file and environment into a validated [`config::Config`]; `cli`
-//! is the command line; `sim` is a small, faithful API server used by `tokengate dev`,
-//! the tests and the benches. `gate` ties them together: the entry points are [`build`]
-//! and [`run`].
+//! `http` is a folder: the router, middleware, serve loop, probes, the TokenReview
+//! endpoints and the `/auth` hook, with one mapping from errors to responses. The
+//! simulated API server that `tokengate dev` runs is the crate `tokengate-sim`
+//! (`crates/tokengate-sim`), linked through the default `sim` feature. The entry points
+//! are [`build`] and [`run`].
 
 pub(crate) mod access;
 pub mod cache;
@@ -29,7 +40,6 @@ pub mod metrics;
 pub(crate) mod reload;
 pub mod review;
 pub(crate) mod revocation;
-pub mod sim;
 pub(crate) mod tls;
 pub mod token;
 pub(crate) mod upstream;

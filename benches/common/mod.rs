@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::authentication::v1::TokenReviewStatus;
 use tokengate::cache::{Dependency, Uid};
-use tokengate::sim::{MintRequest, Sim};
 use tokengate::verdict::Verdict;
+use tokengate_sim::{MintRequest, Sim};
 
 /// The audience the benches' tokens are minted for and reviewed against.
 pub const AUDIENCE: &str = "vault";

@@ -155,7 +155,7 @@ async fn caddy_lets_a_valid_token_through_with_the_gates_identity_and_no_forged_
     );
 
     // The gate cannot decide: its 503 is the client's.
-    gate.sim.fail_next(100, tokengate::sim::Failure::Hang);
+    gate.sim.fail_next(100, tokengate_sim::Failure::Hang);
     let fresh = gate.mint("apps", "web", &["api"], Some("web-0"));
     let (status, _, body) = caddy.get("/", Some(&fresh), &[]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use tokengate::sim::Failure;
+use tokengate_sim::Failure;
 
 use crate::support::*;
 
@@ -107,7 +107,7 @@ async fn an_api_server_with_a_certificate_from_another_ca_is_never_trusted() {
     let gate = tokengate::build(&config).await.unwrap();
     sim.create_service_account("apps", "web");
     let token = sim
-        .mint(&tokengate::sim::MintRequest {
+        .mint(&tokengate_sim::MintRequest {
             namespace: "apps".into(),
             service_account: "web".into(),
             audiences: vec!["vault".into()],

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use serde_json::{Value, json};
-use tokengate::sim::Failure;
+use tokengate_sim::Failure;
 
 use crate::support::*;
 
@@ -667,7 +667,7 @@ async fn the_api_server_can_be_named_by_a_kubeconfig() {
     let gate = tokengate::build(&config).await.unwrap();
     sim.create_service_account("apps", "web");
     let token = sim
-        .mint(&tokengate::sim::MintRequest {
+        .mint(&tokengate_sim::MintRequest {
             namespace: "apps".into(),
             service_account: "web".into(),
             audiences: vec!["vault".into()],

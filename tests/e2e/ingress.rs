@@ -1,7 +1,7 @@
 //! The `/auth` ingress hook over a real socket, as nginx, Traefik and Envoy call it.
 
 use http::{Method, StatusCode};
-use tokengate::sim::Failure;
+use tokengate_sim::Failure;
 
 use crate::support::*;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{Value, json};
-use tokengate::sim::{MintRequest, Sim};
+use tokengate_sim::{MintRequest, Sim};
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
 use tokio::process::ChildStderr;
 

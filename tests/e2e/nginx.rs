@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, StatusCode};
-use tokengate::sim::Failure;
+use tokengate_sim::Failure;
 use tokio::process::{Child, Command};
 
 use crate::support::*;

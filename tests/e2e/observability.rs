@@ -2,7 +2,7 @@
 
 use http::{Method, StatusCode};
 use serde_json::json;
-use tokengate::sim::Failure;
+use tokengate_sim::Failure;
 use tokio::io::AsyncReadExt as _;
 use tokio::process::Command;
 
@@ -67,7 +67,7 @@ async fn logs_at_debug_carry_decisions_and_fingerprints_but_never_a_token() {
 
     sim.create_service_account("apps", "web");
     let mint = |aud: &str| {
-        sim.mint(&tokengate::sim::MintRequest {
+        sim.mint(&tokengate_sim::MintRequest {
             namespace: "apps".into(),
             service_account: "web".into(),
             audiences: vec![aud.into()],

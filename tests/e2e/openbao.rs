@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokengate::sim::Failure;
+use tokengate_sim::Failure;
 
 use crate::bao::Bao;
 use crate::support::*;

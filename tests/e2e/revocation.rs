@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use http::Method;
-use tokengate::sim::MintRequest;
+use tokengate_sim::MintRequest;
 
 use crate::support::*;
 

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
-use tokengate::sim::Failure;
+use tokengate_sim::Failure;
 
 use crate::support::*;
 

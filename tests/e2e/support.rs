@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tokengate::sim::{MintRequest, Sim, SimOptions};
+use tokengate_sim::{MintRequest, Sim, SimOptions};
 
 /// One kept-alive HTTP/1 connection to a plain-HTTP gate, as Vault keeps one: every
 /// request goes over the same socket.

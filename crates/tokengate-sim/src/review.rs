@@ -285,7 +285,7 @@ fn go_quote_one(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::tokens::{self, Projected, Ref};
+    use crate::tokens::{self, Projected, Ref};
     use std::time::SystemTime;
 
     const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";

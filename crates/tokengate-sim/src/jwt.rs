@@ -454,7 +454,7 @@ impl<'de> Visitor<'de> for UniqueKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::tokens::{Projected, Ref};
+    use crate::tokens::{Projected, Ref};
     use serde_json::json;
 
     const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
