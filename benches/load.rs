@@ -51,10 +51,12 @@ use tokio_rustls::rustls;
 
 use common::{AUDIENCE, REVIEW_V1, Workloads};
 
-/// Targets of issue 6.
+/// Targets: issue 6's (req/s, the miss path; its closed-loop p99 target is withdrawn, the
+/// p99 ratio is printed for information) and issue 21's memory per verdict, with and
+/// without the revocation watch's index.
 const MIN_RPS_RATIO: f64 = 0.8;
-const MAX_P99_RATIO: f64 = 1.5;
-const MAX_BYTES_PER_VERDICT: f64 = 512.0;
+const MAX_BYTES_PER_VERDICT: f64 = 1024.0;
+const MAX_BYTES_PER_WATCHED_VERDICT: f64 = 1280.0;
 const MAX_MISS_P50_ADDED: Duration = Duration::from_micros(200);
 const BURST: usize = 256;
 /// Longer than any answer takes unless its thread was switched out (see `render`).
@@ -1404,7 +1406,7 @@ fn render(
     }
     let cached_row = |run: &Run, all: &mut Vec<bool>| {
         let (r, p, c) = ratios(run);
-        let ok = r.median >= MIN_RPS_RATIO && p <= MAX_P99_RATIO && run.unexpected == 0;
+        let ok = r.median >= MIN_RPS_RATIO && run.unexpected == 0;
         all.push(ok);
         row(
             run,
@@ -1588,25 +1590,31 @@ fn render(
     );
 
     if let Some((plain, watched)) = memory {
-        let ok = plain.total_per <= MAX_BYTES_PER_VERDICT && plain.n as usize == settings.verdicts;
-        all.push(ok);
-        for (memory, what, verdict) in [
-            (plain, "default config", pass(ok)),
+        let held = |m: &Memory, max: f64| m.total_per <= max && m.n as usize == settings.verdicts;
+        let (plain_ok, watched_ok) = (
+            held(plain, MAX_BYTES_PER_VERDICT),
+            held(watched, MAX_BYTES_PER_WATCHED_VERDICT),
+        );
+        all.extend([plain_ok, watched_ok]);
+        for (memory, what, max, ok) in [
+            (plain, "default config", MAX_BYTES_PER_VERDICT, plain_ok),
             (
                 watched,
                 "revocation.watch = true (+ dependency index)",
-                "info",
+                MAX_BYTES_PER_WATCHED_VERDICT,
+                watched_ok,
             ),
         ] {
             let _ = writeln!(
                 out,
                 "\nmemory, {what}: {} verdicts held (pod-bound tokens, 3 groups, 3 extras): {:.0} bytes each \
                  of resident memory ({:.0} for the verdicts themselves, {:.0} for the cache's key, entry and \
-                 bookkeeping); target ≤ {MAX_BYTES_PER_VERDICT:.0}: {verdict} (filled in {:.1} s)",
+                 bookkeeping); target ≤ {max:.0}: {} (filled in {:.1} s)",
                 memory.n,
                 memory.total_per,
                 memory.payload_per,
                 memory.total_per - memory.payload_per,
+                pass(ok),
                 memory.secs
             );
         }

@@ -22,7 +22,7 @@ use serde_json::Value;
 pub(crate) const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
 
 /// The clock skew the API server allows on `exp`, `nbf` and `iat` (go-jose's `DefaultLeeway`).
-pub(crate) const LEEWAY_SECONDS: i64 = 60;
+pub const LEEWAY_SECONDS: i64 = 60;
 
 /// The longest token this gate reads. Service-account tokens are about 1 KiB; anything
 /// much larger is not one, and reading it costs memory for nothing.

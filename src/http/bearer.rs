@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, header};
 
 /// The token of an `Authorization: Bearer` header (scheme case-insensitive, as RFC 6750),
 /// when the header's value is visible ASCII (`HeaderValue::to_str`).
-pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     value.get(bearer_token(value.as_bytes())?)
 }

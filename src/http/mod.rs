@@ -23,12 +23,13 @@ mod serve;
 mod state;
 mod tokenreview;
 
+pub use bearer::bearer;
 pub use middleware::with_middleware;
 pub use serve::serve;
 pub use state::AppState;
 
 /// The largest request body read (a TokenReview is about 1–2 KiB).
-pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Requests handled at once; past it, 503 at once (load shedding, not queueing).
 pub(crate) const MAX_CONCURRENT_REQUESTS: usize = 4096;
 
