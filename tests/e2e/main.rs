@@ -9,6 +9,7 @@ mod catalog;
 mod cli;
 mod clients;
 mod deploy;
+mod eventually;
 mod faults;
 mod gate;
 mod ingress;

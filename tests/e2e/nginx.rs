@@ -9,7 +9,7 @@
 //! `error_page` turns back into a 503). Never the backend.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
 use tokengate_sim::Failure;
@@ -109,15 +109,13 @@ impl Nginx {
             _child: child,
         };
         // Any answer will do: nginx answers once it has bound its port.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while try_get(&nginx.url).await.is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not start within 10s:\n{}",
-                nginx.error_log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually_or_log(
+            Duration::from_secs(10),
+            "nginx starts",
+            || nginx.error_log(),
+            async || try_get(&nginx.url).await.is_some(),
+        )
+        .await;
         nginx
     }
 
@@ -274,11 +272,13 @@ async fn an_undecidable_token_or_a_gate_that_is_down_is_a_503_never_the_backend(
     // The gate is gone: nginx cannot connect (a 502 inside), and answers 503 the same.
     let url = gate.url.clone();
     drop(gate);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while try_get(&format!("{url}/healthz")).await.is_some() {
-        assert!(Instant::now() < deadline, "the gate still listens");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let healthz = format!("{url}/healthz");
+    eventually(
+        Duration::from_secs(10),
+        "the gate stops listening",
+        async || try_get(&healthz).await.is_none(),
+    )
+    .await;
     for token in [&cached, &fresh] {
         let (status, _, body) = nginx.get("/", Some(token), &[]).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
