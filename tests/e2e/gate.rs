@@ -511,15 +511,12 @@ async fn an_upstream_yes_for_a_token_the_gate_sees_as_foreign_needs_an_api_audie
 
 /// Waits (bounded) until the sim has received `n` more TokenReviews than `before`.
 async fn until_upstream_calls(gate: &TestGate, before: u64, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while gate.upstream_calls() < before + n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the sim never got the call"
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the sim gets the call",
+        async || gate.upstream_calls() >= before + n,
+    )
+    .await;
 }
 
 #[tokio::test]
