@@ -13,6 +13,7 @@ mod eventually;
 mod faults;
 mod gate;
 mod ingress;
+mod jwt;
 mod lifecycle;
 mod nginx;
 mod observability;

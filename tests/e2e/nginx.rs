@@ -191,16 +191,8 @@ async fn missing_expired_and_wrong_audience_tokens_get_401_with_the_gates_challe
     let gate = spawn_gate(&[]).await;
     let nginx = Nginx::start(&authority(&gate)).await;
     let uid = gate.sim.create_service_account("apps", "web");
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let expired = gate.sim.sign_claims(&serde_json::json!({
-        "aud": ["api"], "iat": t - 7200, "nbf": t - 7200, "exp": t - 3600,
-        "iss": gate.sim.issuer(), "jti": "5d2c1b3a-0000-4000-8000-000000000000",
-        "sub": "system:serviceaccount:apps:web",
-        "kubernetes.io": {"namespace": "apps", "serviceaccount": {"name": "web", "uid": uid}}
-    }));
+    let t = crate::jwt::now();
+    let expired = gate.signed_token("apps", "web", &uid, &["api"], t - 7200, t - 3600);
     let wrong_audience = gate.mint("apps", "web", &["vault"], None);
 
     let (status, h, body) = nginx.get("/", None, &[]).await;

@@ -326,6 +326,22 @@ impl TestGate {
             .expect("the sim mints")
     }
 
+    /// A token of service account `ns/name` (UID `uid`, no pod) for `aud`, issued at
+    /// `iat`, expiring at `exp`, signed by the sim's key: one the TokenRequest API would
+    /// not mint (expired, not yet valid...).
+    pub fn signed_token(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        aud: &[&str],
+        iat: i64,
+        exp: i64,
+    ) -> String {
+        let claims = crate::jwt::claims(self.sim.issuer(), ns, name, uid, aud, iat, exp);
+        self.sim.sign_claims(&claims)
+    }
+
     /// POSTs a v1 TokenReview for `token` (with `audiences`, when given) as the reviewer.
     pub async fn review(&self, token: &str, audiences: Option<&[&str]>) -> (StatusCode, Value) {
         let mut spec = json!({ "token": token });
