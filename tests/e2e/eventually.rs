@@ -7,8 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-/// How long to sleep between two askings.
-const PAUSE: Duration = Duration::from_millis(20);
+/// The longest sleep between two askings. The first sleeps are shorter (1 ms, doubling),
+/// so that what comes at once is seen at once and a time measured with `eventually` is
+/// not mostly its own sleeping.
+const MAX_PAUSE: Duration = Duration::from_millis(20);
 
 /// Asks `condition` until it holds, for at most `within`; returns how long that took.
 /// Panics, naming `what`, when it never held.
@@ -43,6 +45,7 @@ async fn held_within(
     mut condition: impl AsyncFnMut() -> bool,
 ) -> Option<Duration> {
     let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
     loop {
         if condition().await {
             return Some(started.elapsed());
@@ -50,6 +53,7 @@ async fn held_within(
         if started.elapsed() >= within {
             return None;
         }
-        tokio::time::sleep(PAUSE).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
