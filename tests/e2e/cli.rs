@@ -1,7 +1,6 @@
 //! The real binary: `check-config`, `inspect`, `serve` and `dev`, as an operator runs them.
 
 use std::process::Stdio;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -111,10 +110,7 @@ async fn inspect_decodes_offline_and_says_what_the_local_checks_make_of_it() {
         "{stdout}"
     );
 
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let t = crate::jwt::now();
     let expired = gate.sim.sign_claims(&json!({
         "aud": ["vault"], "iat": t - 7200, "exp": t - 300, "iss": gate.sim.issuer(),
         "sub": "system:serviceaccount:apps:web",

@@ -1,45 +1,13 @@
 //! The gate in front of the sim: the review pipeline end to end.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokengate_sim::Failure;
 
+use crate::jwt::{now, unsigned};
 use crate::support::*;
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Claims shaped like the API server's, for tokens the TokenRequest API would not mint
-/// (expired, not yet valid, other issuers...). Signed by the sim's real key.
-fn claims(
-    gate: &TestGate,
-    ns: &str,
-    name: &str,
-    uid: &str,
-    aud: &[&str],
-    iat: i64,
-    exp: i64,
-) -> Value {
-    json!({
-        "aud": aud, "iat": iat, "nbf": iat, "exp": exp, "iss": gate.sim.issuer(),
-        "jti": "6b4f0c1e-0000-4000-8000-000000000000",
-        "sub": format!("system:serviceaccount:{ns}:{name}"),
-        "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": name, "uid": uid}}
-    })
-}
-
-/// A JWT with exactly these header and claims texts and a dummy signature.
-fn unsigned(header: &str, claims: &str) -> String {
-    use base64::Engine as _;
-    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-    format!("{}.{}.c2lnbmF0dXJl", b64(header), b64(claims))
-}
 
 #[tokio::test]
 async fn valid_token_is_authenticated_with_the_identity_the_api_server_gives() {
@@ -96,7 +64,8 @@ async fn hopeless_tokens_are_rejected_locally_without_calling_the_api_server() {
     let uid = gate.sim.create_service_account("apps", "web");
     let t = now();
     let other_issuer = {
-        let mut c = claims(&gate, "apps", "web", &uid, &["vault"], t - 10, t + 3600);
+        let iss = gate.sim.issuer();
+        let mut c = crate::jwt::claims(iss, "apps", "web", &uid, &["vault"], t - 10, t + 3600);
         c["iss"] = json!("https://evil.example");
         gate.sim.sign_claims(&c)
     };
@@ -104,28 +73,12 @@ async fn hopeless_tokens_are_rejected_locally_without_calling_the_api_server() {
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "expired",
-            gate.sim.sign_claims(&claims(
-                &gate,
-                "apps",
-                "web",
-                &uid,
-                &["vault"],
-                t - 7200,
-                t - 3600,
-            )),
+            gate.signed_token("apps", "web", &uid, &["vault"], t - 7200, t - 3600),
             "[invalid bearer token, service account token has expired]",
         ),
         (
             "not yet valid",
-            gate.sim.sign_claims(&claims(
-                &gate,
-                "apps",
-                "web",
-                &uid,
-                &["vault"],
-                t + 600,
-                t + 3600,
-            )),
+            gate.signed_token("apps", "web", &uid, &["vault"], t + 600, t + 3600),
             "[invalid bearer token, service account token is not valid yet]",
         ),
         ("other issuer", other_issuer, "invalid bearer token"),
@@ -139,7 +92,7 @@ async fn hopeless_tokens_are_rejected_locally_without_calling_the_api_server() {
             "duplicate claim",
             unsigned(
                 r#"{"alg":"ES256"}"#,
-                &format!(
+                format!(
                     r#"{{"iss":"{}","exp":1,"exp":{}}}"#,
                     gate.sim.issuer(),
                     t + 60
@@ -177,10 +130,7 @@ async fn an_expired_token_is_rejected_from_the_cache_again_but_a_not_yet_valid_o
     let gate = spawn_gate(&[]).await;
     let uid = gate.sim.create_service_account("apps", "web");
     let t = now();
-    let signed = |from: i64, to: i64| {
-        gate.sim
-            .sign_claims(&claims(&gate, "apps", "web", &uid, &["vault"], from, to))
-    };
+    let signed = |from: i64, to: i64| gate.signed_token("apps", "web", &uid, &["vault"], from, to);
     let (expired, not_yet) = (signed(t - 7200, t - 3600), signed(t + 600, t + 3600));
     for _ in 0..3 {
         for (token, reason) in [(&expired, "has expired"), (&not_yet, "is not valid yet")] {
@@ -511,15 +461,12 @@ async fn an_upstream_yes_for_a_token_the_gate_sees_as_foreign_needs_an_api_audie
 
 /// Waits (bounded) until the sim has received `n` more TokenReviews than `before`.
 async fn until_upstream_calls(gate: &TestGate, before: u64, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while gate.upstream_calls() < before + n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the sim never got the call"
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the sim gets the call",
+        async || gate.upstream_calls() >= before + n,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -530,15 +477,7 @@ async fn a_positive_verdict_lives_max_ttl_and_never_past_the_tokens_exp() {
     // A token that expires in 90 s: its verdict dies at exp, before max_ttl.
     let uid = gate.sim.create_service_account("apps", "short");
     let exp = tokengate::token::unix_seconds(tokengate::review::Clock::now(&*clock)) + 90;
-    let short = gate.sim.sign_claims(&claims(
-        &gate,
-        "apps",
-        "short",
-        &uid,
-        &["vault"],
-        exp - 100,
-        exp,
-    ));
+    let short = gate.signed_token("apps", "short", &uid, &["vault"], exp - 100, exp);
     let before = gate.upstream_calls();
     assert!(authenticated(&gate.review(&short, None).await.1));
     let at = |s: i64| UNIX_EPOCH + Duration::from_secs(s as u64);

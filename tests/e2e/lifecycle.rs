@@ -65,14 +65,12 @@ async fn sigterm_turns_readiness_off_and_answers_every_request_in_progress() {
         })
         .collect();
     // Every request is at the sim, waiting out its latency.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sim.reviews_served() < before + 5 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the reviews never reached the sim"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the reviews reach the sim",
+        async || sim.reviews_served() >= before + 5,
+    )
+    .await;
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     signal(&child, "TERM").await;
     log_line(&mut lines, "draining").await;

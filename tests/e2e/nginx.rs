@@ -9,7 +9,7 @@
 //! `error_page` turns back into a 503). Never the backend.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
 use tokengate_sim::Failure;
@@ -109,15 +109,13 @@ impl Nginx {
             _child: child,
         };
         // Any answer will do: nginx answers once it has bound its port.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while try_get(&nginx.url).await.is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not start within 10s:\n{}",
-                nginx.error_log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually_or_log(
+            Duration::from_secs(10),
+            "nginx starts",
+            || nginx.error_log(),
+            async || try_get(&nginx.url).await.is_some(),
+        )
+        .await;
         nginx
     }
 
@@ -193,16 +191,8 @@ async fn missing_expired_and_wrong_audience_tokens_get_401_with_the_gates_challe
     let gate = spawn_gate(&[]).await;
     let nginx = Nginx::start(&authority(&gate)).await;
     let uid = gate.sim.create_service_account("apps", "web");
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let expired = gate.sim.sign_claims(&serde_json::json!({
-        "aud": ["api"], "iat": t - 7200, "nbf": t - 7200, "exp": t - 3600,
-        "iss": gate.sim.issuer(), "jti": "5d2c1b3a-0000-4000-8000-000000000000",
-        "sub": "system:serviceaccount:apps:web",
-        "kubernetes.io": {"namespace": "apps", "serviceaccount": {"name": "web", "uid": uid}}
-    }));
+    let t = crate::jwt::now();
+    let expired = gate.signed_token("apps", "web", &uid, &["api"], t - 7200, t - 3600);
     let wrong_audience = gate.mint("apps", "web", &["vault"], None);
 
     let (status, h, body) = nginx.get("/", None, &[]).await;
@@ -274,11 +264,13 @@ async fn an_undecidable_token_or_a_gate_that_is_down_is_a_503_never_the_backend(
     // The gate is gone: nginx cannot connect (a 502 inside), and answers 503 the same.
     let url = gate.url.clone();
     drop(gate);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while try_get(&format!("{url}/healthz")).await.is_some() {
-        assert!(Instant::now() < deadline, "the gate still listens");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let healthz = format!("{url}/healthz");
+    eventually(
+        Duration::from_secs(10),
+        "the gate stops listening",
+        async || try_get(&healthz).await.is_none(),
+    )
+    .await;
     for token in [&cached, &fresh] {
         let (status, _, body) = nginx.get("/", Some(token), &[]).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");

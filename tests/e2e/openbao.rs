@@ -31,24 +31,6 @@ async fn gate_and_bao(env: &[(&str, &str)]) -> (TestGate, Bao) {
     (gate, bao)
 }
 
-/// A service-account token for `apps/{name}` with these claims, signed by the sim's key:
-/// the projected-token layout, without a pod.
-fn signed(gate: &TestGate, name: &str, uid: &str, aud: &[&str], iat: i64, exp: i64) -> String {
-    gate.sim.sign_claims(&json!({
-        "aud": aud, "iat": iat, "nbf": iat, "exp": exp, "iss": gate.sim.issuer(),
-        "jti": "0c7d1f57-0000-4000-8000-000000000000",
-        "sub": format!("system:serviceaccount:apps:{name}"),
-        "kubernetes.io": {"namespace": "apps", "serviceaccount": {"name": name, "uid": uid}}
-    }))
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// What OpenBao answers every failed login with, whatever the cause.
 fn assert_permission_denied(result: Result<Value, String>, case: &str) -> String {
     let err = result.expect_err(case);
@@ -83,8 +65,8 @@ async fn openbao_denies_other_accounts_expired_wrong_audience_and_deleted_accoun
     let db = gate.workload_token("apps", "db", &["vault"]);
     let wrong_audience = gate.mint("apps", "web", &["api"], Some("web-0"));
     let web_uid = gate.sim.create_service_account("apps", "web");
-    let t = now();
-    let long_expired = signed(&gate, "web", &web_uid, &["vault"], t - 7200, t - 3600);
+    let t = crate::jwt::now();
+    let long_expired = gate.signed_token("apps", "web", &web_uid, &["vault"], t - 7200, t - 3600);
     let before = gate.upstream_calls();
 
     // OpenBao refuses these itself, from the token's unverified claims: tokengate is
@@ -120,7 +102,7 @@ async fn openbao_denies_other_accounts_expired_wrong_audience_and_deleted_accoun
     }));
     let forged = {
         let mut parts: Vec<&str> = web.split('.').collect();
-        parts[2] = "c2lnbmF0dXJl";
+        parts[2] = crate::jwt::DUMMY_SIGNATURE;
         parts.join(".")
     };
     assert_permission_denied(bao.login("web", &other_issuer).await, "other issuer");

@@ -13,14 +13,12 @@ const WATCH: [(&str, &str); 1] = [("TOKENGATE_REVOCATION_WATCH", "true")];
 
 /// Waits (bounded) until the gate's revocation watch is healthy.
 async fn watch_healthy(gate: &TestGate) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !gate.state.reviewer.cache().is_watch_healthy() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the revocation watch never became healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the revocation watch becomes healthy",
+        async || gate.state.reviewer.cache().is_watch_healthy(),
+    )
+    .await;
 }
 
 /// A gate with the revocation watch on, once the watch is healthy.
@@ -48,23 +46,17 @@ async fn until_denied(gate: &TestGate, token: &str, since: Instant, within: Dura
     .await
 }
 
-/// Asks `refused` until it says yes (bounded by `within`); returns how long that took
-/// from `since`.
+/// Asks `refused` until it says yes (bounded by `within` from `since`, the delete);
+/// returns how long that took from `since`.
 async fn until_refused(
-    mut refused: impl AsyncFnMut() -> bool,
+    refused: impl AsyncFnMut() -> bool,
     since: Instant,
     within: Duration,
 ) -> Duration {
-    loop {
-        if refused().await {
-            return since.elapsed();
-        }
-        assert!(
-            since.elapsed() < within,
-            "still authenticated {within:?} after the delete"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let left = within.saturating_sub(since.elapsed());
+    let what = format!("refused within {within:?} of the delete");
+    eventually(left, &what, refused).await;
+    since.elapsed()
 }
 
 #[tokio::test]
@@ -227,14 +219,12 @@ async fn of_many_cached_verdicts_exactly_those_of_deleted_pods_go() {
         assert!(gate.sim.delete_pod("apps", &format!("web-{i}")));
     }
     // Every deletion has been applied once the counter says so (bounded).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while evictions(&gate).await < evictions_before + DELETED as u64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not every deletion was applied"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "every deletion is applied",
+        async || evictions(&gate).await >= evictions_before + DELETED as u64,
+    )
+    .await;
     let before = gate.upstream_calls();
     for (i, token) in tokens.iter().enumerate() {
         let decision = reviewer
@@ -279,19 +269,20 @@ async fn without_the_permission_the_gate_runs_on_with_the_cap_and_says_so() {
         authenticated(&gate.review(&token, None).await.1),
         "reviews work all the same"
     );
-    let (status, _, body) = gate.call(Method::GET, "/readyz", None).await;
-    assert_eq!(status, http::StatusCode::OK);
-    // The first list attempt has failed by now or soon (bounded).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut body = body;
-    while !body.contains("revocation watch") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readyz never mentions the watch: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        body = gate.call(Method::GET, "/readyz", None).await.2;
-    }
+    // The first list attempt has failed by now or soon (bounded); readiness holds
+    // throughout.
+    let mut body = String::new();
+    eventually(
+        Duration::from_secs(10),
+        "readyz mentions the revocation watch",
+        async || {
+            let (status, _, text) = gate.call(Method::GET, "/readyz", None).await;
+            assert_eq!(status, http::StatusCode::OK, "{text}");
+            body = text;
+            body.contains("revocation watch")
+        },
+    )
+    .await;
     assert!(body.contains("capped at cache.max_ttl"), "{body}");
     assert!(!gate.state.reviewer.cache().is_watch_healthy());
 }

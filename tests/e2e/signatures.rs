@@ -2,50 +2,21 @@
 //! key rotation is followed, and with `verify-offline` verified tokens are answered while
 //! the API server is down.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine as _;
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use tokengate_sim::Failure;
 
+use crate::jwt::{b64, forge};
 use crate::support::*;
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Claims as the API server lays them out, for an existing service account.
+/// Claims as the API server lays them out, for an existing service account, valid an
+/// hour for `vault`.
 fn claims(gate: &TestGate, ns: &str, name: &str, uid: &str) -> Value {
-    let t = now();
-    json!({
-        "aud": ["vault"], "iat": t, "nbf": t, "exp": t + 3600, "iss": gate.sim.issuer(),
-        "jti": "b7c2f1a0-0000-4000-8000-000000000000",
-        "sub": format!("system:serviceaccount:{ns}:{name}"),
-        "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": name, "uid": uid}}
-    })
-}
-
-/// A token with real claims and `header`, signed by a key of the forger's own.
-fn forge(header: &Value, claims: &Value) -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let signer = EncodingKey::from_ec_der(&key.serialize_der());
-    let message = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let signature =
-        jsonwebtoken::crypto::sign(message.as_bytes(), &signer, Algorithm::ES256).unwrap();
-    format!("{message}.{signature}")
+    let t = crate::jwt::now();
+    crate::jwt::claims(gate.sim.issuer(), ns, name, uid, &["vault"], t, t + 3600)
 }
 
 #[tokio::test]
@@ -86,14 +57,16 @@ async fn alg_none_and_hs256_with_the_public_key_never_pass() {
     let gate = spawn_gate(&[]).await;
     let uid = gate.sim.create_service_account("apps", "web");
     let kid = gate.sim.current_kid();
-    let body = b64(claims(&gate, "apps", "web", &uid).to_string().as_bytes());
-    let none = format!("{}.{body}.", b64(br#"{"alg":"none"}"#));
+    let claims = claims(&gate, "apps", "web", &uid).to_string();
+    let none = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(&claims));
     // The classic confusion: HMAC keyed with public bytes the attacker can read. No
     // published key verifies HS*, so which public bytes does not matter.
-    let header = b64(format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#).as_bytes());
-    let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, gate.sim.ca_pem().as_bytes());
-    let mac = ring::hmac::sign(&hmac_key, format!("{header}.{body}").as_bytes());
-    let hs256 = format!("{header}.{body}.{}", b64(mac.as_ref()));
+    let hs256 = crate::jwt::sign(
+        &EncodingKey::from_secret(gate.sim.ca_pem().as_bytes()).unwrap(),
+        Algorithm::HS256,
+        &format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#),
+        &claims,
+    );
     let calls = gate.upstream_calls();
     for (name, token) in [("none", none), ("HS256", hs256)] {
         let (_, review) = gate.review(&token, None).await;
@@ -190,9 +163,7 @@ async fn tokens_of_a_rotated_key_verify_after_one_refresh_and_old_ones_still_do(
     let old = gate.workload_token("apps", "web", &["vault"]);
     let new_kid = gate.sim.rotate_keys().unwrap();
     let new = gate.mint("apps", "web", &["vault"], Some("web-0"));
-    assert!(new.starts_with(&b64(
-        format!(r#"{{"alg":"ES256","kid":"{new_kid}"}}"#).as_bytes()
-    )));
+    assert!(new.starts_with(&b64(format!(r#"{{"alg":"ES256","kid":"{new_kid}"}}"#))));
     let jwks = gate.sim.jwks_served();
     let (_, review) = gate.review(&new, None).await;
     assert!(authenticated(&review), "{review}");
@@ -224,11 +195,12 @@ async fn with_discovery_down_at_start_the_gate_is_not_ready_and_says_why() {
     state.reviewer.upstream().wait_ready().await;
     let keys = state.reviewer.keys().unwrap().clone();
     // The first load has been tried and failed.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while keys.last_error().is_none() {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the first load of the keys fails",
+        async || keys.last_error().is_some(),
+    )
+    .await;
     let (status, body) = get(&format!("{url}/readyz")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     // What is wrong, for the probe; why (discovery's own 503) is the operator's.

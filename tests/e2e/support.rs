@@ -13,6 +13,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokengate_sim::{MintRequest, Sim, SimOptions};
 
+pub use crate::eventually::{eventually, eventually_or_log};
+
 /// One kept-alive HTTP/1 connection to a plain-HTTP gate, as Vault keeps one: every
 /// request goes over the same socket.
 pub struct KeptAlive {
@@ -324,6 +326,22 @@ impl TestGate {
             .expect("the sim mints")
     }
 
+    /// A token of service account `ns/name` (UID `uid`, no pod) for `aud`, issued at
+    /// `iat`, expiring at `exp`, signed by the sim's key: one the TokenRequest API would
+    /// not mint (expired, not yet valid...).
+    pub fn signed_token(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        aud: &[&str],
+        iat: i64,
+        exp: i64,
+    ) -> String {
+        let claims = crate::jwt::claims(self.sim.issuer(), ns, name, uid, aud, iat, exp);
+        self.sim.sign_claims(&claims)
+    }
+
     /// POSTs a v1 TokenReview for `token` (with `audiences`, when given) as the reviewer.
     pub async fn review(&self, token: &str, audiences: Option<&[&str]>) -> (StatusCode, Value) {
         let mut spec = json!({ "token": token });
@@ -400,23 +418,13 @@ pub fn error(review: &Value) -> String {
 /// Waits (bounded) until the gate of another process at `url` answers `/readyz` with
 /// 200: it may not even listen yet. There is no event to await across processes.
 pub async fn await_ready(url: &str) {
-    let client = client(None);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let request = Request::get(format!("{url}/readyz"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        if let Ok(response) = client.request(request).await
-            && response.status() == StatusCode::OK
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{url} never became ready"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let readyz = format!("{url}/readyz");
+    eventually(
+        std::time::Duration::from_secs(15),
+        &format!("{url} becomes ready"),
+        async || try_get(&readyz).await == Some(StatusCode::OK),
+    )
+    .await;
 }
 
 /// GET over plain HTTP, answer as text.
@@ -635,24 +643,6 @@ pub async fn echo_backend() -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr.to_string()
-}
-
-/// Asks `condition` until it holds, for at most `within` (what another process does has
-/// no event to await here); returns how long that took. Panics, naming `what`, when it
-/// never held.
-pub async fn eventually(
-    within: std::time::Duration,
-    what: &str,
-    mut condition: impl AsyncFnMut() -> bool,
-) -> std::time::Duration {
-    let started = std::time::Instant::now();
-    loop {
-        if condition().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 /// GET over plain HTTP: the status, or `None` while nothing answers (a peer that is

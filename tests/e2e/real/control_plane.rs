@@ -7,8 +7,8 @@
 //! when the test binary exits, however it exits, the pipe closes and the script stops both
 //! by PID and removes their files.
 //!
-//! Self-contained (it needs nothing else of the test crate), so that `benches/real.rs`
-//! runs the same control plane.
+//! It needs nothing of the test crate but `eventually.rs`, so that `benches/real.rs`
+//! includes both by path and runs the same control plane.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,6 +21,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
+
+use crate::eventually::eventually_or_log;
 
 /// The issuer and the API audience the API server runs with (`--service-account-issuer`,
 /// `--api-audiences`), as a cluster made by kubeadm has them.
@@ -226,24 +228,27 @@ review_callers = ["{reviewer}"]
     /// event to await, so this polls.
     async fn await_ready(&self) {
         let client = self.admin().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            let request = http::Request::get("/readyz")
-                .body(kube::client::Body::empty())
-                .unwrap();
-            if let Ok(response) = client.send(request).await
-                && response.status() == http::StatusCode::OK
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "kube-apiserver did not become ready within 90 s\n--- kube-apiserver.log (end)\n{}\n--- etcd.log (end)\n{}",
-                self.log_tail("kube-apiserver.log"),
-                self.log_tail("etcd.log"),
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually_or_log(
+            Duration::from_secs(90),
+            "kube-apiserver becomes ready",
+            || {
+                format!(
+                    "--- kube-apiserver.log (end)\n{}\n--- etcd.log (end)\n{}",
+                    self.log_tail("kube-apiserver.log"),
+                    self.log_tail("etcd.log"),
+                )
+            },
+            async || {
+                let request = http::Request::get("/readyz")
+                    .body(kube::client::Body::empty())
+                    .unwrap();
+                client
+                    .send(request)
+                    .await
+                    .is_ok_and(|response| response.status() == http::StatusCode::OK)
+            },
+        )
+        .await;
     }
 
     /// The last lines of one of the servers' logs.

@@ -8,14 +8,12 @@
 //! an empty `spec.audiences` means `policy.audiences` at tokengate (here `vault`) and the
 //! API server's own audiences at the API server, by design.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 
 use super::control_plane::SIGNING_KEY;
 use super::*;
+use crate::jwt::{b64, forge, now};
 
 const NS: &str = "differential";
 
@@ -52,17 +50,6 @@ async fn world(plane: &ControlPlane) -> World {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn b64(bytes: impl AsRef<[u8]>) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
 /// The claims a TokenRequest for `differential/web` bound to pod `web-0` carries, for
 /// audience `vault`, valid an hour, with a fresh `jti`.
 fn claims(w: &World) -> Value {
@@ -81,18 +68,14 @@ fn claims(w: &World) -> Value {
 
 /// Signs `header` and `claims` (as written) with the API server's key under `alg`.
 fn sign(alg: Algorithm, header: &Value, claims: &Value) -> String {
-    let message = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
     let key = EncodingKey::from_rsa_pem(SIGNING_KEY.as_bytes()).unwrap();
-    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, alg).unwrap();
-    format!("{message}.{signature}")
+    crate::jwt::sign(&key, alg, &header.to_string(), &claims.to_string())
 }
 
 /// Signs exactly these header and claims texts with the API server's key, RS256.
 fn sign_text(header: &str, claims: &str) -> String {
-    let message = format!("{}.{}", b64(header), b64(claims));
     let key = EncodingKey::from_rsa_pem(SIGNING_KEY.as_bytes()).unwrap();
-    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::RS256).unwrap();
-    format!("{message}.{signature}")
+    crate::jwt::sign(&key, Algorithm::RS256, header, claims)
 }
 
 /// Signs with the API server's key, RS256, under its `kid`.
@@ -224,21 +207,9 @@ fn cases(w: &World) -> Vec<Case> {
         vault,
     );
     add("signature removed", format!("{message}."), vault);
-    let forger = rcgen::KeyPair::generate().unwrap();
-    let forged_message = format!(
-        "{}.{}",
-        b64(json!({"alg": "ES256", "kid": w.kid}).to_string()),
-        b64(claims(w).to_string())
-    );
-    let forged_signature = jsonwebtoken::crypto::sign(
-        forged_message.as_bytes(),
-        &EncodingKey::from_ec_der(&forger.serialize_der()),
-        Algorithm::ES256,
-    )
-    .unwrap();
     add(
         "signed by another key (ES256)",
-        format!("{forged_message}.{forged_signature}"),
+        forge(&json!({"alg": "ES256", "kid": w.kid}), &claims(w)),
         vault,
     );
     for (name, alg) in [
@@ -297,21 +268,12 @@ fn cases(w: &World) -> Vec<Case> {
     );
     let crit = format!(r#"{{"alg":"RS256","kid":"{}","crit":["exp"]}}"#, w.kid);
     add("crit header", sign_text(&crit, &text), vault);
-    let hs256 = {
-        let public = include_str!("../../fixtures/rsa-test-key.pub.pem");
-        let message = format!(
-            "{}.{}",
-            b64(json!({"alg": "HS256", "kid": w.kid}).to_string()),
-            b64(&text)
-        );
-        let signature = jsonwebtoken::crypto::sign(
-            message.as_bytes(),
-            &EncodingKey::from_secret(public.as_bytes()).unwrap(),
-            Algorithm::HS256,
-        )
-        .unwrap();
-        format!("{message}.{signature}")
-    };
+    let hs256 = crate::jwt::sign(
+        &EncodingKey::from_secret(include_bytes!("../../fixtures/rsa-test-key.pub.pem")).unwrap(),
+        Algorithm::HS256,
+        &json!({"alg": "HS256", "kid": w.kid}).to_string(),
+        &text,
+    );
     add("HS256 keyed with the public key", hs256, vault);
     add(
         "exp with an exponent",
