@@ -614,7 +614,7 @@ fn optional_string(o: &Object, key: &str) -> Result<Option<String>, Rejection> {
     }
 }
 
-/// go-jose's `Audience`: a string or an array of strings.
+/// go-jose's `Audience`: a string or an array of strings (not null).
 fn audiences(value: Option<&Value>) -> Result<Vec<String>, Rejection> {
     let refused = || {
         Rejection::refused(
@@ -622,8 +622,9 @@ fn audiences(value: Option<&Value>) -> Result<Vec<String>, Rejection> {
             "go-jose/go-jose/jwt: expected string or array value to unmarshal to Audience",
         )
     };
+    // A null `aud` reaches go-jose's decoder too, which takes it for neither.
     match value {
-        None | Some(Value::Null) => Ok(Vec::new()),
+        None => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(items)) => items
             .iter()
@@ -931,6 +932,7 @@ mod tests {
             ("nbf", json!(true), DATE),
             ("iat", json!({}), DATE),
             ("aud", json!(7), AUDIENCE),
+            ("aud", Value::Null, AUDIENCE),
             ("aud", json!(["vault", 7]), AUDIENCE),
             (
                 "sub",

@@ -470,6 +470,13 @@ fn cases(w: &World) -> Vec<Case> {
         ),
         vault,
     );
+
+    // What go-jose reads, and what it leaves alone.
+    add(
+        "aud null",
+        signed(w, &with(w, |c| c["aud"] = Value::Null)),
+        vault,
+    );
     out
 }
 
