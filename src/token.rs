@@ -81,7 +81,8 @@ pub(crate) enum Kind {
 /// The JOSE header fields that matter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// `alg`, as written: which algorithms verify is the key's business (`keys`).
+    /// `alg`, as written (empty when absent or null, as go-jose reads it): which
+    /// algorithms verify is the key's business (`keys`).
     pub alg: String,
     /// `kid`, when present.
     pub(crate) kid: Option<String>,
@@ -482,11 +483,12 @@ fn parse_header(segment: &str) -> Result<Header, Rejection> {
         ));
     }
     // Which algorithms verify is the key's business (see `keys`): the API server reads
-    // any `alg` here and refuses the wrong ones when it verifies.
+    // any `alg` here and refuses the wrong ones when it verifies. go-jose skips a null
+    // header value, so a null or missing `alg` is "", which no key verifies.
     let alg = match header.get("alg") {
+        None | Some(Value::Null) => "",
         Some(Value::String(alg)) => alg,
         Some(_) => return Err(Rejection::unreadable("header \"alg\" is not a string")),
-        None => return Err(Rejection::unreadable("header has no \"alg\"")),
     };
     // go-jose reads an empty `kid` as none: the API server then tries every key.
     let kid = match header.get("kid") {
@@ -495,7 +497,7 @@ fn parse_header(segment: &str) -> Result<Header, Rejection> {
         Some(_) => return Err(Rejection::unreadable("header \"kid\" is not a string")),
     };
     Ok(Header {
-        alg: alg.clone(),
+        alg: alg.to_owned(),
         kid,
     })
 }
@@ -904,14 +906,14 @@ mod tests {
         // go-jose reads an empty kid as none.
         let t = sa(&jwt_raw(r#"{"alg":"RS256","kid":""}"#, &claims)).unwrap();
         assert_eq!(t.header.kid, None);
+        // No alg, or a null one, is "": no key verifies it.
+        for header in [r#"{"kid":"x"}"#, r#"{"alg":null}"#] {
+            assert_eq!(sa(&jwt_raw(header, &claims)).unwrap().header.alg, "");
+        }
         // go-jose reads a crit header, then refuses to verify.
         let crit = jwt_raw(r#"{"alg":"ES256","crit":["exp"]}"#, &claims);
         assert_eq!(refused(&crit), wrapped(CRYPTO_FAILURE));
-        for header in [
-            r#"{"kid":"x"}"#,
-            r#"{"alg":"ES256","kid":7}"#,
-            r#"{"alg":7}"#,
-        ] {
+        for header in [r#"{"alg":"ES256","kid":7}"#, r#"{"alg":7}"#] {
             assert_eq!(
                 refused(&jwt_raw(header, &claims)),
                 INVALID_BEARER_TOKEN,

@@ -258,7 +258,6 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     for (name, alg) in [
         ("alg a number", json!(256)),
         ("alg an array", json!(["ES256"])),
-        ("alg null", Value::Null),
         ("alg an object", json!({"name": "ES256"})),
     ] {
         let header = json!({"alg": alg, "kid": kid}).to_string();
@@ -268,11 +267,17 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
             rejected(UNREADABLE),
         );
     }
-    add(
-        "no alg",
-        review(unsigned(&json!({"kid": kid}).to_string(), &claims)),
-        rejected(UNREADABLE),
-    );
+    // go-jose skips a null header value: no `alg` is "", which no key verifies.
+    for (name, header) in [
+        ("no alg", json!({"kid": kid})),
+        ("alg null", json!({"alg": null, "kid": kid})),
+    ] {
+        add(
+            name,
+            review(unsigned(&header.to_string(), &claims)),
+            rejected(BAD_SIGNATURE),
+        );
+    }
     // Allowed names, but not the algorithm the named key is published for.
     for alg in ["RS256", "RS384", "RS512", "ES384"] {
         let header = json!({"alg": alg, "kid": kid}).to_string();

@@ -477,6 +477,12 @@ fn cases(w: &World) -> Vec<Case> {
         signed(w, &with(w, |c| c["aud"] = Value::Null)),
         vault,
     );
+    for (name, header) in [
+        ("alg absent", json!({"kid": w.kid})),
+        ("alg null", json!({"alg": null, "kid": w.kid})),
+    ] {
+        add(name, sign(Algorithm::RS256, &header, &claims(w)), vault);
+    }
     out
 }
 
