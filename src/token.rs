@@ -325,10 +325,10 @@ pub fn classify(raw: &str, issuers: &[String]) -> Result<Classified, Rejection> 
 
     // go-jose's ParseSigned: a header and a signature it cannot decode make the token
     // unreadable; an empty signature is read, and fails verification.
-    let header = parse_header(header)?;
     if RAW_URL.decode(signature).is_err() {
         return Err(Rejection::unreadable("signature is not base64url"));
     }
+    let header = parse_header(header)?;
     // A key twice anywhere in the claims is go-jose's JSON decoder's error.
     let claims = strict_object(&payload).map_err(|e| match e.strip_prefix(DUPLICATE) {
         Some(_) => Rejection::refused(format!("claims: {e}"), &format!("json: {e}")),
@@ -475,13 +475,6 @@ fn parse_header(segment: &str) -> Result<Header, Rejection> {
         .map_err(|_| Rejection::unreadable("header is not base64url"))?;
     let header =
         strict_object(&bytes).map_err(|e| Rejection::unreadable(format!("header: {e}")))?;
-    // go-jose reads a `crit` header and then refuses to verify the signature.
-    if header.contains_key("crit") {
-        return Err(Rejection::refused(
-            "header has a \"crit\" parameter, which is not supported",
-            CRYPTO_FAILURE,
-        ));
-    }
     // Which algorithms verify is the key's business (see `keys`): the API server reads
     // any `alg` here and refuses the wrong ones when it verifies. go-jose skips a null
     // header value, so a null or missing `alg` is "", which no key verifies.
@@ -496,10 +489,60 @@ fn parse_header(segment: &str) -> Result<Header, Rejection> {
         Some(Value::String(kid)) => Some(kid.clone()).filter(|k| !k.is_empty()),
         Some(_) => return Err(Rejection::unreadable("header \"kid\" is not a string")),
     };
+    // A header go-jose can read; `crit` is read when it verifies, before anything else.
+    critical(header.get("crit"))?;
     Ok(Header {
         alg: alg.to_owned(),
         kid,
     })
+}
+
+/// go-jose's check of `crit`, made before the signature's: the value is decoded into a
+/// `[]string` (null is none), and every name in it must be one go-jose implements (only
+/// `b64`), else it refuses to verify.
+fn critical(crit: Option<&Value>) -> Result<(), Rejection> {
+    let not_strings = |v: &Value, go_type: &str| {
+        Rejection::refused(
+            format!(
+                "header \"crit\" is not a list of names (a {} where go-jose reads a {go_type})",
+                go_kind(v)
+            ),
+            &format!(
+                "json: cannot unmarshal {} into Go value of type {go_type}",
+                go_kind(v)
+            ),
+        )
+    };
+    let names = match crit {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(names)) => names,
+        Some(v) => return Err(not_strings(v, "[]string")),
+    };
+    // Go's decoder stops at a number in the list, but reads on past other wrong types
+    // and reports the first of them. A null name is "".
+    let mut wrong = None;
+    for name in names {
+        match name {
+            Value::String(_) | Value::Null => {}
+            Value::Number(_) => {
+                wrong = Some(name);
+                break;
+            }
+            _ => {
+                wrong.get_or_insert(name);
+            }
+        }
+    }
+    if let Some(v) = wrong {
+        return Err(not_strings(v, "string"));
+    }
+    if let Some(name) = names.iter().find(|n| n.as_str() != Some("b64")) {
+        return Err(Rejection::refused(
+            format!("header \"crit\" names {name}, an extension go-jose does not implement"),
+            CRYPTO_FAILURE,
+        ));
+    }
+    Ok(())
 }
 
 type Object = serde_json::Map<String, Value>;
@@ -910,10 +953,36 @@ mod tests {
         for header in [r#"{"kid":"x"}"#, r#"{"alg":null}"#] {
             assert_eq!(sa(&jwt_raw(header, &claims)).unwrap().header.alg, "");
         }
-        // go-jose reads a crit header, then refuses to verify.
-        let crit = jwt_raw(r#"{"alg":"ES256","crit":["exp"]}"#, &claims);
-        assert_eq!(refused(&crit), wrapped(CRYPTO_FAILURE));
-        for header in [r#"{"alg":"ES256","kid":7}"#, r#"{"alg":7}"#] {
+        // go-jose reads `crit` as a list of names, and verifies only with those it
+        // implements (`b64`); null or empty is none.
+        for crit in ["null", "[]", r#"["b64"]"#] {
+            let header = format!(r#"{{"alg":"ES256","crit":{crit}}}"#);
+            assert!(sa(&jwt_raw(&header, &claims)).is_ok(), "{crit}");
+        }
+        let unmarshal = |what: &str, go_type: &str| {
+            wrapped(&format!(
+                "json: cannot unmarshal {what} into Go value of type {go_type}"
+            ))
+        };
+        for (crit, reason) in [
+            (r#"["exp"]"#, wrapped(CRYPTO_FAILURE)),
+            (r#"["b64",null]"#, wrapped(CRYPTO_FAILURE)),
+            (r#""b64""#, unmarshal("string", "[]string")),
+            ("{}", unmarshal("object", "[]string")),
+            ("7", unmarshal("number", "[]string")),
+            (r#"["b64",true,{}]"#, unmarshal("bool", "string")),
+            // Go's decoder stops at a number, past the other wrong types it noted.
+            (r#"[true,7]"#, unmarshal("number", "string")),
+        ] {
+            let header = format!(r#"{{"alg":"ES256","crit":{crit}}}"#);
+            assert_eq!(refused(&jwt_raw(&header, &claims)), reason, "{crit}");
+        }
+        // A header go-jose cannot read is unreadable before `crit` is looked at.
+        for header in [
+            r#"{"alg":"ES256","kid":7}"#,
+            r#"{"alg":7}"#,
+            r#"{"alg":7,"crit":"b64"}"#,
+        ] {
             assert_eq!(
                 refused(&jwt_raw(header, &claims)),
                 INVALID_BEARER_TOKEN,
@@ -922,6 +991,12 @@ mod tests {
         }
         let no_signature = format!("{}.{}.!", b64(r#"{"alg":"RS256"}"#), b64(&claims));
         assert_eq!(refused(&no_signature), INVALID_BEARER_TOKEN);
+        let crit_no_signature = format!(
+            "{}.{}.!",
+            b64(r#"{"alg":"RS256","crit":"b64"}"#),
+            b64(&claims)
+        );
+        assert_eq!(refused(&crit_no_signature), INVALID_BEARER_TOKEN);
     }
 
     #[test]

@@ -480,6 +480,22 @@ fn cases(w: &World) -> Vec<Case> {
     for (name, header) in [
         ("alg absent", json!({"kid": w.kid})),
         ("alg null", json!({"alg": null, "kid": w.kid})),
+        (
+            "crit empty",
+            json!({"alg": "RS256", "kid": w.kid, "crit": []}),
+        ),
+        (
+            "crit null",
+            json!({"alg": "RS256", "kid": w.kid, "crit": null}),
+        ),
+        (
+            "crit a string",
+            json!({"alg": "RS256", "kid": w.kid, "crit": "b64"}),
+        ),
+        (
+            "crit b64, the one go-jose implements",
+            json!({"alg": "RS256", "kid": w.kid, "crit": ["b64"]}),
+        ),
     ] {
         add(name, sign(Algorithm::RS256, &header, &claims(w)), vault);
     }
