@@ -667,6 +667,9 @@ mod tests {
         assert!(
             matches!(v, Verification::Invalid(m) if m.contains("RS256 but its key is an EC P-256 key"))
         );
+        // A header without `alg` reads as "" (see `token`): no key verifies it.
+        let v = set.verify(&token, &header("", Some(&ec.kid)));
+        assert!(matches!(v, Verification::Invalid(_)), "{v:?}");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Service-account JWT parsing and the API server's local rules.
 //!
 //! Responsible for: reading a bearer token the way the API server's JOSE library reads it
-//! (strict: duplicate keys, wrong types, unsupported algorithms and `crit` headers make a
-//! token invalid), classifying it (a service-account JWT of a known issuer, legacy or
-//! projected, or something else), and the checks the API server makes before it looks
-//! anything up: issuer, `exp`/`nbf`/`iat` with its 60 s leeway, audience intersection.
+//! (strict where it is: a key twice in what it decodes, a wrong type, a `crit` extension
+//! it does not implement make a token invalid), classifying it (a service-account JWT of
+//! a known issuer, legacy or projected, or something else), and the checks the API
+//! server makes before it looks anything up: issuer, `exp`/`nbf`/`iat` with its 60 s
+//! leeway, audience intersection.
 //!
 //! Not responsible for: signatures, policy (legacy tokens, configured audiences), I/O.
 //! Everything here is pure; the clock is a parameter. Local checks only ever *reject*:
@@ -15,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// The issuer the API server puts in legacy (Secret-based) service-account tokens.
@@ -81,7 +82,8 @@ pub(crate) enum Kind {
 /// The JOSE header fields that matter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// `alg`, as written: which algorithms verify is the key's business (`keys`).
+    /// `alg`, as written (empty when absent or null, as go-jose reads it): which
+    /// algorithms verify is the key's business (`keys`).
     pub alg: String,
     /// `kid`, when present.
     pub(crate) kid: Option<String>,
@@ -324,20 +326,16 @@ pub fn classify(raw: &str, issuers: &[String]) -> Result<Classified, Rejection> 
 
     // go-jose's ParseSigned: a header and a signature it cannot decode make the token
     // unreadable; an empty signature is read, and fails verification.
-    let header = parse_header(header)?;
     if RAW_URL.decode(signature).is_err() {
         return Err(Rejection::unreadable("signature is not base64url"));
     }
-    // A key twice anywhere in the claims is go-jose's JSON decoder's error.
-    let claims = strict_object(&payload).map_err(|e| match e.strip_prefix(DUPLICATE) {
-        Some(_) => Rejection::refused(format!("claims: {e}"), &format!("json: {e}")),
-        None => Rejection::unreadable(format!("claims: {e}")),
-    })?;
+    let header = parse_header(header)?;
     let kind = if issuer == LEGACY_ISSUER {
         Kind::Legacy
     } else {
         Kind::Projected
     };
+    let claims = read_claims(&payload, kind)?;
     let claims = parse_claims(&claims, issuer, kind)?;
     let token = ServiceAccountToken {
         header,
@@ -472,21 +470,16 @@ fn parse_header(segment: &str) -> Result<Header, Rejection> {
     let bytes = RAW_URL
         .decode(segment)
         .map_err(|_| Rejection::unreadable("header is not base64url"))?;
+    // go-jose decodes every header value, so a key twice anywhere makes it unreadable.
     let header =
         strict_object(&bytes).map_err(|e| Rejection::unreadable(format!("header: {e}")))?;
-    // go-jose reads a `crit` header and then refuses to verify the signature.
-    if header.contains_key("crit") {
-        return Err(Rejection::refused(
-            "header has a \"crit\" parameter, which is not supported",
-            CRYPTO_FAILURE,
-        ));
-    }
     // Which algorithms verify is the key's business (see `keys`): the API server reads
-    // any `alg` here and refuses the wrong ones when it verifies.
+    // any `alg` here and refuses the wrong ones when it verifies. go-jose skips a null
+    // header value, so a null or missing `alg` is "", which no key verifies.
     let alg = match header.get("alg") {
+        None | Some(Value::Null) => "",
         Some(Value::String(alg)) => alg,
         Some(_) => return Err(Rejection::unreadable("header \"alg\" is not a string")),
-        None => return Err(Rejection::unreadable("header has no \"alg\"")),
     };
     // go-jose reads an empty `kid` as none: the API server then tries every key.
     let kid = match header.get("kid") {
@@ -494,10 +487,60 @@ fn parse_header(segment: &str) -> Result<Header, Rejection> {
         Some(Value::String(kid)) => Some(kid.clone()).filter(|k| !k.is_empty()),
         Some(_) => return Err(Rejection::unreadable("header \"kid\" is not a string")),
     };
+    // A header go-jose can read; `crit` is read when it verifies, before anything else.
+    critical(header.get("crit"))?;
     Ok(Header {
-        alg: alg.clone(),
+        alg: alg.to_owned(),
         kid,
     })
+}
+
+/// go-jose's check of `crit`, made before the signature's: the value is decoded into a
+/// `[]string` (null is none), and every name in it must be one go-jose implements (only
+/// `b64`), else it refuses to verify.
+fn critical(crit: Option<&Value>) -> Result<(), Rejection> {
+    let not_strings = |v: &Value, go_type: &str| {
+        Rejection::refused(
+            format!(
+                "header \"crit\" is not a list of names (a {} where go-jose reads a {go_type})",
+                go_kind(v)
+            ),
+            &format!(
+                "json: cannot unmarshal {} into Go value of type {go_type}",
+                go_kind(v)
+            ),
+        )
+    };
+    let names = match crit {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(names)) => names,
+        Some(v) => return Err(not_strings(v, "[]string")),
+    };
+    // Go's decoder stops at a number in the list, but reads on past other wrong types
+    // and reports the first of them. A null name is "".
+    let mut wrong = None;
+    for name in names {
+        match name {
+            Value::String(_) | Value::Null => {}
+            Value::Number(_) => {
+                wrong = Some(name);
+                break;
+            }
+            _ => {
+                wrong.get_or_insert(name);
+            }
+        }
+    }
+    if let Some(v) = wrong {
+        return Err(not_strings(v, "string"));
+    }
+    if let Some(name) = names.iter().find(|n| n.as_str() != Some("b64")) {
+        return Err(Rejection::refused(
+            format!("header \"crit\" names {name}, an extension go-jose does not implement"),
+            CRYPTO_FAILURE,
+        ));
+    }
+    Ok(())
 }
 
 type Object = serde_json::Map<String, Value>;
@@ -614,7 +657,7 @@ fn optional_string(o: &Object, key: &str) -> Result<Option<String>, Rejection> {
     }
 }
 
-/// go-jose's `Audience`: a string or an array of strings.
+/// go-jose's `Audience`: a string or an array of strings (not null).
 fn audiences(value: Option<&Value>) -> Result<Vec<String>, Rejection> {
     let refused = || {
         Rejection::refused(
@@ -622,8 +665,9 @@ fn audiences(value: Option<&Value>) -> Result<Vec<String>, Rejection> {
             "go-jose/go-jose/jwt: expected string or array value to unmarshal to Audience",
         )
     };
+    // A null `aud` reaches go-jose's decoder too, which takes it for neither.
     match value {
-        None | Some(Value::Null) => Ok(Vec::new()),
+        None => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(items)) => items
             .iter()
@@ -656,39 +700,133 @@ fn numeric_date(o: &Object, key: &str) -> Result<Option<i64>, Rejection> {
     }
 }
 
-/// How [`strict_object`]'s error for a repeated key begins: go-jose's JSON decoder's
-/// words, `duplicate key 'KEY' in object`.
-const DUPLICATE: &str = "duplicate key '";
+/// Parses a JSON object, refusing a key twice in any object of it, as go-jose's decoder
+/// does in everything it decodes (the error then is `duplicate key 'KEY' in object`).
+fn strict_object(bytes: &[u8]) -> Result<Object, String> {
+    let (object, duplicates) = read_object(bytes)?;
+    match duplicates.first() {
+        Some(d) => Err(d.message()),
+        None => Ok(object),
+    }
+}
 
-/// Parses a JSON object, refusing duplicate keys at any depth (the error then is
-/// `duplicate key 'KEY' in object`, as go-jose's decoder says it).
-pub(crate) fn strict_object(bytes: &[u8]) -> Result<Object, String> {
-    match serde_json::from_slice::<Strict>(bytes) {
-        Ok(Strict(Value::Object(map))) => Ok(map),
-        Ok(_) => Err("not a JSON object".into()),
-        Err(e) => {
-            let message = e.to_string();
-            let position = format!(" at line {} column {}", e.line(), e.column());
-            match message.strip_suffix(&position) {
-                Some(duplicate) if duplicate.starts_with(DUPLICATE) => Err(duplicate.to_owned()),
-                _ => Err(format!("invalid JSON ({message})")),
-            }
+/// A token's claims as go-jose decodes them: a key twice in an object it reads makes
+/// the token invalid in its JSON decoder's words; one in a value it skips does not.
+fn read_claims(payload: &[u8], kind: Kind) -> Result<Object, Rejection> {
+    let (claims, duplicates) =
+        read_object(payload).map_err(|e| Rejection::unreadable(format!("claims: {e}")))?;
+    // The API server decodes the claims twice, the registered ones first: of the
+    // duplicates, the first each decoding meets, in that order.
+    let first = duplicates
+        .iter()
+        .filter_map(|d| Some((decoding(&d.path, kind)?, d)))
+        .min_by_key(|(decoding, _)| *decoding);
+    match first {
+        Some((_, d)) => Err(Rejection::refused(
+            format!("claims: {}", d.message()),
+            &format!("json: {}", d.message()),
+        )),
+        None => Ok(claims),
+    }
+}
+
+/// Which of the API server's two decodings of the claims reads an object, in their order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Decoding {
+    /// Into go-jose's registered claims: the claims object, and `aud`, which go-jose
+    /// decodes as any JSON value, so every object in it.
+    Registered,
+    /// Into the service-account authenticator's private claims: for a projected token,
+    /// `kubernetes.io` and the objects of its fields (a legacy token's are at the top).
+    Private,
+}
+
+/// The decoding that reads the object at `path` of the claims, if any: Go's decoder
+/// skips the value of a key its struct has no field for unread.
+fn decoding(path: &[Step], kind: Kind) -> Option<Decoding> {
+    /// The fields of `kubernetes.io` that Go decodes from an object.
+    const OBJECTS: &[&str] = &[
+        "serviceaccount",
+        "pod",
+        "secret",
+        "node",
+        "validatingwebhookconfiguration",
+        "mutatingwebhookconfiguration",
+        "attestations",
+    ];
+    let is =
+        |step: &Step, names: &[&str]| matches!(step, Step::Key(k) if names.contains(&k.as_str()));
+    let projected = kind == Kind::Projected;
+    match path {
+        [] => Some(Decoding::Registered),
+        [aud, ..] if is(aud, &["aud"]) => Some(Decoding::Registered),
+        [k] if projected && is(k, &["kubernetes.io"]) => Some(Decoding::Private),
+        [k, field] if projected && is(k, &["kubernetes.io"]) && is(field, OBJECTS) => {
+            Some(Decoding::Private)
         }
+        _ => None,
     }
 }
 
-/// A JSON value whose objects had no duplicate keys.
-struct Strict(Value);
+/// One step from a JSON document's root towards a value in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// The value of this key of an object.
+    Key(String),
+    /// An element of an array.
+    Element,
+}
 
-impl<'de> serde::Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
+/// A key found a second time in one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Duplicate {
+    /// Where the object lies.
+    path: Vec<Step>,
+    /// The key.
+    key: String,
+}
+
+impl Duplicate {
+    /// go-jose's JSON decoder's words for it.
+    fn message(&self) -> String {
+        format!("duplicate key '{}' in object", self.key)
     }
 }
 
-struct StrictVisitor;
+/// Parses a JSON object (a repeated key's last value wins) and notes every key an
+/// object repeats, in the order of the text, for the caller to judge.
+fn read_object(bytes: &[u8]) -> Result<(Object, Vec<Duplicate>), String> {
+    let mut notes = Notes::default();
+    let mut reader = serde_json::Deserializer::from_slice(bytes);
+    let value = Noting(&mut notes)
+        .deserialize(&mut reader)
+        .and_then(|v| reader.end().map(|()| v))
+        .map_err(|e| format!("invalid JSON ({e})"))?;
+    match value {
+        Value::Object(object) => Ok((object, notes.duplicates)),
+        _ => Err("not a JSON object".into()),
+    }
+}
 
-impl<'de> Visitor<'de> for StrictVisitor {
+/// What [`Noting`] keeps while it reads: where it is, and the duplicates so far.
+#[derive(Default)]
+struct Notes {
+    path: Vec<Step>,
+    duplicates: Vec<Duplicate>,
+}
+
+/// Reads a JSON value as serde_json's `Value`, noting repeated keys in [`Notes`].
+struct Noting<'a>(&'a mut Notes);
+
+impl<'de> DeserializeSeed<'de> for Noting<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Noting<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -717,21 +855,29 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
+        self.0.path.push(Step::Element);
+        while let Some(v) = seq.next_element_seed(Noting(&mut *self.0))? {
             items.push(v);
         }
+        self.0.path.pop();
         Ok(Value::Array(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut seen = Object::new();
+        let mut object = Object::new();
         while let Some(key) = map.next_key::<String>()? {
-            let Strict(value) = map.next_value()?;
-            if seen.contains_key(&key) {
-                return Err(de::Error::custom(format!("{DUPLICATE}{key}' in object")));
+            // Go's decoder sees the repeat at the key, before it reads the value.
+            if object.contains_key(&key) {
+                self.0.duplicates.push(Duplicate {
+                    path: self.0.path.clone(),
+                    key: key.clone(),
+                });
             }
-            seen.insert(key, value);
+            self.0.path.push(Step::Key(key.clone()));
+            let value = map.next_value_seed(Noting(&mut *self.0))?;
+            self.0.path.pop();
+            object.insert(key, value);
         }
-        Ok(Value::Object(seen))
+        Ok(Value::Object(object))
     }
 }
 
@@ -867,7 +1013,7 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_anywhere_make_the_token_invalid_in_go_joses_words() {
+    fn duplicate_keys_where_go_jose_decodes_make_the_token_invalid_in_its_words() {
         let dup_exp = format!(r#"{{"iss":"{ISS}","exp":1,"exp":{}}}"#, NOW + 100);
         assert_eq!(
             refused(&jwt_raw(r#"{"alg":"ES256"}"#, &dup_exp)),
@@ -886,6 +1032,60 @@ mod tests {
             refused(&jwt_raw(r#"{"alg":"ES256"}"#, &nested)),
             wrapped("json: duplicate key 'namespace' in object")
         );
+        // go-jose reads `aud` as any JSON value, every object in it.
+        let in_aud = with(projected(), "aud", json!(["vault", {}])).to_string();
+        let in_aud = in_aud.replace("{}", r#"{"a":1,"a":2}"#);
+        assert_eq!(
+            refused(&jwt_raw(r#"{"alg":"ES256"}"#, &in_aud)),
+            wrapped("json: duplicate key 'a' in object")
+        );
+        let in_pod = claims.replace(r#""name":"web-0""#, r#""name":"web-0","name":"web-1""#);
+        assert_ne!(in_pod, claims);
+        assert_eq!(
+            refused(&jwt_raw(r#"{"alg":"ES256"}"#, &in_pod)),
+            wrapped("json: duplicate key 'name' in object")
+        );
+        // The registered claims are decoded first, whatever the order of the text.
+        let both = claims.replace(r#""sub":"#, r#""sub":"x","sub":"#);
+        let both = both.replace(
+            r#""namespace":"apps""#,
+            r#""uid":"u","uid":"v","namespace":"apps""#,
+        );
+        assert!(
+            both.find("\"uid\":\"u\"") < both.find("\"sub\":\"x\""),
+            "{both}"
+        );
+        assert_eq!(
+            refused(&jwt_raw(r#"{"alg":"ES256"}"#, &both)),
+            wrapped("json: duplicate key 'sub' in object")
+        );
+        // What it skips unread, it does not check: an unknown claim, or an unknown
+        // field of `kubernetes.io`, or of a bound object, or a legacy token's `kubernetes.io`.
+        for unread in [
+            json!({"extra": {}}),
+            json!({"extra": [{}]}),
+            json!({"kubernetes.io": {"namespace": "apps", "extra": {},
+                                     "serviceaccount": {"name": "web", "uid": "sa-1", "extra": {}}}}),
+        ] {
+            let mut c = projected();
+            for (k, v) in unread.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            let text = c.to_string().replace("{}", r#"{"a":1,"a":2}"#);
+            assert!(sa(&jwt_raw(r#"{"alg":"ES256"}"#, &text)).is_ok(), "{text}");
+        }
+        let legacy = json!({
+            "iss": LEGACY_ISSUER, "sub": "system:serviceaccount:apps:web",
+            "kubernetes.io/serviceaccount/namespace": "apps",
+            "kubernetes.io/serviceaccount/secret.name": "web-token-x",
+            "kubernetes.io/serviceaccount/service-account.name": "web",
+            "kubernetes.io/serviceaccount/service-account.uid": "sa-1",
+            "kubernetes.io": {"namespace": "apps"}
+        });
+        let text = legacy
+            .to_string()
+            .replace(r#"{"namespace":"apps"}"#, r#"{"a":1,"a":2}"#);
+        assert!(sa(&jwt_raw(r#"{"alg":"ES256"}"#, &text)).is_ok(), "{text}");
     }
 
     /// The API server's answer for a token this refuses: `status.error`.
@@ -903,13 +1103,39 @@ mod tests {
         // go-jose reads an empty kid as none.
         let t = sa(&jwt_raw(r#"{"alg":"RS256","kid":""}"#, &claims)).unwrap();
         assert_eq!(t.header.kid, None);
-        // go-jose reads a crit header, then refuses to verify.
-        let crit = jwt_raw(r#"{"alg":"ES256","crit":["exp"]}"#, &claims);
-        assert_eq!(refused(&crit), wrapped(CRYPTO_FAILURE));
+        // No alg, or a null one, is "": no key verifies it.
+        for header in [r#"{"kid":"x"}"#, r#"{"alg":null}"#] {
+            assert_eq!(sa(&jwt_raw(header, &claims)).unwrap().header.alg, "");
+        }
+        // go-jose reads `crit` as a list of names, and verifies only with those it
+        // implements (`b64`); null or empty is none.
+        for crit in ["null", "[]", r#"["b64"]"#] {
+            let header = format!(r#"{{"alg":"ES256","crit":{crit}}}"#);
+            assert!(sa(&jwt_raw(&header, &claims)).is_ok(), "{crit}");
+        }
+        let unmarshal = |what: &str, go_type: &str| {
+            wrapped(&format!(
+                "json: cannot unmarshal {what} into Go value of type {go_type}"
+            ))
+        };
+        for (crit, reason) in [
+            (r#"["exp"]"#, wrapped(CRYPTO_FAILURE)),
+            (r#"["b64",null]"#, wrapped(CRYPTO_FAILURE)),
+            (r#""b64""#, unmarshal("string", "[]string")),
+            ("{}", unmarshal("object", "[]string")),
+            ("7", unmarshal("number", "[]string")),
+            (r#"["b64",true,{}]"#, unmarshal("bool", "string")),
+            // Go's decoder stops at a number, past the other wrong types it noted.
+            (r#"[true,7]"#, unmarshal("number", "string")),
+        ] {
+            let header = format!(r#"{{"alg":"ES256","crit":{crit}}}"#);
+            assert_eq!(refused(&jwt_raw(&header, &claims)), reason, "{crit}");
+        }
+        // A header go-jose cannot read is unreadable before `crit` is looked at.
         for header in [
-            r#"{"kid":"x"}"#,
             r#"{"alg":"ES256","kid":7}"#,
             r#"{"alg":7}"#,
+            r#"{"alg":7,"crit":"b64"}"#,
         ] {
             assert_eq!(
                 refused(&jwt_raw(header, &claims)),
@@ -919,6 +1145,12 @@ mod tests {
         }
         let no_signature = format!("{}.{}.!", b64(r#"{"alg":"RS256"}"#), b64(&claims));
         assert_eq!(refused(&no_signature), INVALID_BEARER_TOKEN);
+        let crit_no_signature = format!(
+            "{}.{}.!",
+            b64(r#"{"alg":"RS256","crit":"b64"}"#),
+            b64(&claims)
+        );
+        assert_eq!(refused(&crit_no_signature), INVALID_BEARER_TOKEN);
     }
 
     #[test]
@@ -931,6 +1163,7 @@ mod tests {
             ("nbf", json!(true), DATE),
             ("iat", json!({}), DATE),
             ("aud", json!(7), AUDIENCE),
+            ("aud", Value::Null, AUDIENCE),
             ("aud", json!(["vault", 7]), AUDIENCE),
             (
                 "sub",

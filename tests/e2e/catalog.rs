@@ -219,7 +219,6 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
     for (name, alg) in [
         ("alg a number", json!(256)),
         ("alg an array", json!(["ES256"])),
-        ("alg null", Value::Null),
         ("alg an object", json!({"name": "ES256"})),
     ] {
         let header = json!({"alg": alg, "kid": kid}).to_string();
@@ -229,11 +228,17 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
             rejected(UNREADABLE),
         );
     }
-    add(
-        "no alg",
-        review(unsigned(json!({"kid": kid}).to_string(), &claims)),
-        rejected(UNREADABLE),
-    );
+    // go-jose skips a null header value: no `alg` is "", which no key verifies.
+    for (name, header) in [
+        ("no alg", json!({"kid": kid})),
+        ("alg null", json!({"alg": null, "kid": kid})),
+    ] {
+        add(
+            name,
+            review(unsigned(header.to_string(), &claims)),
+            rejected(BAD_SIGNATURE),
+        );
+    }
     // Allowed names, but not the algorithm the named key is published for.
     for alg in ["RS256", "RS384", "RS512", "ES384"] {
         let header = json!({"alg": alg, "kid": kid}).to_string();
@@ -343,14 +348,23 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
         )),
         rejected(BAD_SIGNATURE),
     );
-    for crit in [json!(["exp"]), json!([]), json!("b64"), json!(null)] {
+    // go-jose reads `crit` as a list of names before it verifies.
+    for (crit, expect) in [
+        (json!(["exp"]), rejected(BAD_SIGNATURE)),
+        (json!([]), rejected(BAD_SIGNATURE)),
+        (
+            json!("b64"),
+            refused("json: cannot unmarshal string into Go value of type []string"),
+        ),
+        (json!(null), rejected(BAD_SIGNATURE)),
+    ] {
         add(
             &format!("crit {crit}"),
             review(unsigned(
                 json!({"alg": "ES256", "kid": kid, "crit": crit}).to_string(),
                 &claims,
             )),
-            rejected(BAD_SIGNATURE),
+            expect,
         );
     }
 
@@ -468,7 +482,7 @@ fn token_cases(gate: &TestGate, w: &World) -> Vec<Case> {
             json!([]),
             audience(&format!("[{iss:?}]")),
         ),
-        ("aud null", Value::Null, audience(&format!("[{iss:?}]"))),
+        ("aud null", Value::Null, refused(NOT_AN_AUDIENCE)),
         ("aud a number", json!(7), refused(NOT_AN_AUDIENCE)),
         ("aud true", json!(true), refused(NOT_AN_AUDIENCE)),
         (

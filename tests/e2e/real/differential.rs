@@ -432,6 +432,67 @@ fn cases(w: &World) -> Vec<Case> {
         ),
         vault,
     );
+
+    // What go-jose reads, and what it leaves alone.
+    add(
+        "aud null",
+        signed(w, &with(w, |c| c["aud"] = Value::Null)),
+        vault,
+    );
+    for (name, header) in [
+        ("alg absent", json!({"kid": w.kid})),
+        ("alg null", json!({"alg": null, "kid": w.kid})),
+        (
+            "crit empty",
+            json!({"alg": "RS256", "kid": w.kid, "crit": []}),
+        ),
+        (
+            "crit null",
+            json!({"alg": "RS256", "kid": w.kid, "crit": null}),
+        ),
+        (
+            "crit a string",
+            json!({"alg": "RS256", "kid": w.kid, "crit": "b64"}),
+        ),
+        (
+            "crit b64, the one go-jose implements",
+            json!({"alg": "RS256", "kid": w.kid, "crit": ["b64"]}),
+        ),
+    ] {
+        add(name, sign(Algorithm::RS256, &header, &claims(w)), vault);
+    }
+    // A key twice in what go-jose decodes, and in what it skips unread.
+    let edited = |edits: &[(&str, &str)]| {
+        let mut text = claims(w).to_string();
+        for (from, to) in edits {
+            assert!(text.contains(from), "{from}");
+            text = text.replacen(from, to, 1);
+        }
+        sign_text(&header, &text)
+    };
+    add(
+        "duplicate key inside an unknown claim",
+        edited(&[("\"exp\":", r#""extra":{"a":1,"a":2},"exp":"#)]),
+        vault,
+    );
+    add(
+        "duplicate key inside an unknown field of kubernetes.io",
+        edited(&[("\"namespace\":", r#""extra":{"a":1,"a":2},"namespace":"#)]),
+        vault,
+    );
+    add(
+        "duplicate key inside aud",
+        edited(&[("\"aud\":[", r#""aud":[{"a":1,"a":2},"#)]),
+        vault,
+    );
+    add(
+        "duplicate key in kubernetes.io, then one in sub",
+        edited(&[
+            ("\"namespace\":", r#""uid":"u","uid":"v","namespace":"#),
+            ("\"sub\":", r#""sub":"x","sub":"#),
+        ]),
+        vault,
+    );
     out
 }
 
