@@ -368,8 +368,8 @@ fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error
     }
 }
 
-/// go-jose's `Audience`: a string, or an array of strings. The sim has always read
-/// `null` as none, where go-jose hands `null` to this decoder too, and refuses it.
+/// go-jose's `Audience`: a string, or an array of strings. go-jose hands `null` to this
+/// decoder too, and refuses it, as the real API server's answer shows.
 fn audience<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let refused = || {
         de::Error::custom(
@@ -377,7 +377,6 @@ fn audience<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         )
     };
     match Value::deserialize(d)? {
-        Value::Null => Ok(Vec::new()),
         Value::String(s) => Ok(vec![s]),
         Value::Array(items) => items
             .into_iter()
@@ -663,9 +662,11 @@ mod tests {
     }
 
     #[test]
-    fn null_claims_are_read_as_absent() {
-        let token = read_claims(&with("aud", Value::Null)).expect("read");
-        assert!(token.audiences.is_empty());
+    fn null_claims_are_read_as_absent_but_a_null_audience_is_refused() {
+        assert_eq!(
+            refused(&with("aud", Value::Null)),
+            "go-jose/go-jose/jwt: expected string or array value to unmarshal to Audience"
+        );
         let token = read_claims(&with("kubernetes.io", Value::Null)).expect("read");
         assert_eq!(token.namespace, "");
         assert!(matches!(
