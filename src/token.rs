@@ -72,7 +72,7 @@ pub enum Classified {
 
 /// Which kind of service-account token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// A projected (TokenRequest) token: audience- and time-bound.
     Projected,
     /// A legacy token stored in a Secret: no `exp`, no `aud`.
@@ -91,7 +91,7 @@ pub struct Header {
 
 /// A reference to a Kubernetes object in the token's claims.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct ObjectRef {
+pub struct ObjectRef {
     /// The object's name.
     pub(crate) name: String,
     /// The object's UID (empty for a legacy token's Secret, which names no UID).
@@ -100,29 +100,29 @@ pub(crate) struct ObjectRef {
 
 /// The claims of a service-account token, normalised across the projected and legacy layouts.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct Claims {
+pub struct Claims {
     /// `iss`.
-    pub(crate) issuer: String,
+    pub issuer: String,
     /// `sub`, when present.
-    pub(crate) subject: Option<String>,
+    pub subject: Option<String>,
     /// `aud` (a string or an array in the token; empty when absent).
-    pub(crate) audiences: Vec<String>,
+    pub audiences: Vec<String>,
     /// `exp`, Unix seconds.
-    pub(crate) expires_at: Option<i64>,
+    pub expires_at: Option<i64>,
     /// `nbf`, Unix seconds.
-    pub(crate) not_before: Option<i64>,
+    pub not_before: Option<i64>,
     /// `iat`, Unix seconds.
-    pub(crate) issued_at: Option<i64>,
+    pub issued_at: Option<i64>,
     /// `jti`.
-    pub(crate) jti: Option<String>,
+    pub jti: Option<String>,
     /// The service account's namespace.
-    pub(crate) namespace: String,
+    pub namespace: String,
     /// The service account.
-    pub(crate) service_account: ObjectRef,
+    pub service_account: ObjectRef,
     /// The pod the token is bound to.
-    pub(crate) pod: Option<ObjectRef>,
+    pub pod: Option<ObjectRef>,
     /// The Secret a legacy token is stored in, or a Secret a projected token is bound to.
-    pub(crate) secret: Option<ObjectRef>,
+    pub secret: Option<ObjectRef>,
 }
 
 /// A strictly parsed service-account token.
@@ -131,14 +131,14 @@ pub struct ServiceAccountToken {
     /// The JOSE header.
     pub header: Header,
     /// The claims.
-    pub(crate) claims: Claims,
+    pub claims: Claims,
     /// Projected or legacy.
-    pub(crate) kind: Kind,
+    pub kind: Kind,
 }
 
 impl ServiceAccountToken {
     /// The username the API server gives this token's subject: `system:serviceaccount:NS:NAME`.
-    pub(crate) fn username(&self) -> String {
+    pub fn username(&self) -> String {
         service_account_username(&self.claims.namespace, &self.claims.service_account.name)
     }
 }
